@@ -1,0 +1,184 @@
+"""The config schema (types, registered with Hydra's ConfigStore) and value checks that run before TensorFlow."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig
+
+from mnistexp.errors import UserError
+
+# Values live in conf/*.yaml; the schema only says what each key may hold.
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad")
+ACTIVATIONS = ("relu", "sigmoid", "softmax", "tanh", "gelu", "elu", "selu", "linear")
+LOSSES = ("sparse_categorical_crossentropy",)
+MAX_HIDDEN_UNITS = 65_536
+MAX_HIDDEN_LAYERS = 16
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    path: Optional[str] = MISSING
+    image_shape: list[int] = MISSING
+    class_names: list[str] = MISSING
+
+
+@dataclass
+class PreprocessConfig:
+    scale: bool = MISSING
+    flatten: bool = MISSING
+
+
+@dataclass
+class ModelConfig:
+    hidden_units: Any = MISSING  # an int or a list of ints: OmegaConf 2.3 has no Union
+    hidden_activation: str = MISSING
+    output_activation: str = MISSING
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    learning_rate: float = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    loss: str = MISSING
+    shuffle: bool = MISSING
+    verbose: int = MISSING
+    limit_train_samples: Optional[int] = MISSING
+    limit_test_samples: Optional[int] = MISSING
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = MISSING
+    experiment: str = MISSING
+    run_name: Optional[str] = MISSING
+    log_model: bool = MISSING
+    sample_images: int = MISSING
+
+
+@dataclass
+class MnistexpConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = MISSING
+
+
+def register_schema() -> None:
+    """Make the schema available to conf/config.yaml's defaults list as `base_config`."""
+    ConfigStore.instance().store(name="base_config", node=MnistexpConfig)
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that is well-typed but not allowed; the message names the key."""
+
+    def __init__(self, key: str, requirement: str, value: Any):
+        super().__init__(f"{key} {requirement} (got {_show(value)})")
+        self.key = key
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        from omegaconf import OmegaConf
+
+        value = OmegaConf.to_container(value)
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def hidden_layer_sizes(hidden_units: Any) -> list[int]:
+    """0 -> [], N -> [N], [a, b] -> [a, b]; raises ConfigError for anything else."""
+    key = "model.hidden_units"
+    if _is_int(hidden_units):
+        _require(hidden_units >= 0, key, "must be an integer >= 0", hidden_units)
+        _require(hidden_units <= MAX_HIDDEN_UNITS, key, f"must be at most {MAX_HIDDEN_UNITS}", hidden_units)
+        return [hidden_units] if hidden_units else []
+    if isinstance(hidden_units, (list, tuple, ListConfig)):
+        sizes = list(hidden_units)
+        if 1 <= len(sizes) <= MAX_HIDDEN_LAYERS and all(
+            _is_int(units) and 1 <= units <= MAX_HIDDEN_UNITS for units in sizes
+        ):
+            return sizes
+        raise ConfigError(
+            key,
+            f"must be a list of 1 to {MAX_HIDDEN_LAYERS} integers between 1 and {MAX_HIDDEN_UNITS}",
+            hidden_units,
+        )
+    raise ConfigError(key, "must be an integer >= 0 or a list of positive integers", hidden_units)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(ok: bool, key: str, requirement: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(key, requirement, value)
+
+
+def _one_of(value: Any, key: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, key, f"must be one of {', '.join(allowed)}", value)
+
+
+def _optional_positive(value: Any, key: str) -> None:
+    _require(value is None or value >= 1, key, "must be null or an integer >= 1", value)
+
+
+def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
+    """Hydra's `+key=value` can add keys the schema does not know; a typo must not pass silently."""
+    known = {item.name: item for item in fields(schema)}
+    for key in node.keys():
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}", "is not a known key (`mnistexp --cfg job` lists them)", node[key])
+        nested = known[key].default_factory
+        if is_dataclass(nested) and isinstance(node[key], DictConfig):
+            _reject_unknown_keys(node[key], nested, f"{prefix}{key}.")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values the schema's types cannot express. Raises ConfigError naming the first bad key."""
+    _reject_unknown_keys(cfg, MnistexpConfig)
+    data, model, trainer = cfg.data, cfg.model, cfg.trainer
+
+    _require(
+        len(data.image_shape) == 2 and all(side >= 1 for side in data.image_shape),
+        "data.image_shape", "must be two positive integers (height, width)", data.image_shape,
+    )
+    _require(len(data.class_names) >= 2, "data.class_names", "must name at least two classes", data.class_names)
+    _require(cfg.preprocess.flatten, "preprocess.flatten", "must be true: the dense model takes flat vectors",
+             cfg.preprocess.flatten)
+
+    hidden_layer_sizes(model.hidden_units)
+    _one_of(model.hidden_activation, "model.hidden_activation", ACTIVATIONS)
+    _one_of(model.output_activation, "model.output_activation", ACTIVATIONS)
+
+    _one_of(cfg.optimizer.name, "optimizer.name", OPTIMIZERS)
+    rate = cfg.optimizer.learning_rate
+    _require(math.isfinite(rate) and 0 < rate <= 10, "optimizer.learning_rate",
+             "must be a finite number > 0 and <= 10", rate)
+
+    _require(trainer.epochs >= 1, "trainer.epochs", "must be an integer >= 1", trainer.epochs)
+    _require(trainer.batch_size >= 1, "trainer.batch_size", "must be an integer >= 1", trainer.batch_size)
+    _one_of(trainer.loss, "trainer.loss", LOSSES)
+    _require(trainer.verbose in (0, 1, 2), "trainer.verbose", "must be 0, 1 or 2", trainer.verbose)
+    _optional_positive(trainer.limit_train_samples, "trainer.limit_train_samples")
+    _optional_positive(trainer.limit_test_samples, "trainer.limit_test_samples")
+
+    _require(bool(cfg.tracking.experiment.strip()), "tracking.experiment", "must not be empty",
+             cfg.tracking.experiment)
+    _require(cfg.tracking.sample_images >= 0, "tracking.sample_images", "must be an integer >= 0",
+             cfg.tracking.sample_images)
+    _require(0 <= cfg.seed < 2**32, "seed", "must be an integer between 0 and 2**32 - 1", cfg.seed)

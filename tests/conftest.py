@@ -1,0 +1,59 @@
+"""Shared fixtures: Hydra composition, the real MNIST file, a temporary MLflow store, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mnistexp.cli import CONF_DIR
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MNISTEXP = str(Path(sys.executable).parent / "mnistexp")  # the console script that pip installed
+SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
+
+
+@pytest.fixture
+def compose_cfg():
+    """compose_cfg("model.hidden_units=100", ...) -> the DictConfig that `mnistexp ...` would run."""
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return _compose
+
+
+@pytest.fixture(scope="session")
+def mnist_path() -> Path:
+    """The full MNIST file: MNISTEXP_DATA if set, else ../shared/data/mnist.npz."""
+    path = Path(os.environ.get("MNISTEXP_DATA", SHARED_MNIST))
+    if not path.is_file():
+        pytest.fail(f"MNIST not found at {path}: set MNISTEXP_DATA or place ../shared beside the repo")
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    """A fresh SQLite MLflow store in the test's own directory."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, mnist_path: Path):
+    """Run `mnistexp ARGS` in tmp_path as a user would (a new process), on the real MNIST file."""
+
+    def _run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+        environment.update({"MNISTEXP_DATA": str(mnist_path), **(env or {})})
+        done = subprocess.run([MNISTEXP, *args], cwd=tmp_path, env=environment,
+                              capture_output=True, text=True, timeout=900)
+        if check and done.returncode != 0:
+            raise AssertionError(f"mnistexp {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}")
+        return done
+
+    return _run
