@@ -1,0 +1,176 @@
+"""Load MNIST-style images and labels (Keras download, .npz, or IDX folder) into a checked Dataset."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+import zipfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mnistexp.errors import DataError
+
+SPLITS = ("x_train", "y_train", "x_test", "y_test")
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+_IDX_UBYTE = 0x08
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Raw uint8 images (N, H, W) and integer labels; preprocessing happens inside the model."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+    def limit(self, train: int | None, test: int | None) -> Dataset:
+        """The first `train` / `test` examples (None keeps a split whole), for quick runs."""
+        return Dataset(self.x_train[:train], self.y_train[:train], self.x_test[:test], self.y_test[:test],
+                       self.source)
+
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 over every array's bytes: two runs on equal data have equal digests."""
+        sha = hashlib.sha256()
+        for name in SPLITS:
+            sha.update(np.ascontiguousarray(getattr(self, name)).tobytes())
+        return sha.hexdigest()
+
+    def summary(self) -> dict:
+        return {
+            "source": self.source,
+            "shapes": {name: list(getattr(self, name).shape) for name in SPLITS},
+            "dtypes": {name: str(getattr(self, name).dtype) for name in SPLITS},
+            "first_train_labels": self.y_train[:5].tolist(),
+            "first_test_labels": self.y_test[:5].tolist(),
+            "train_class_counts": np.bincount(self.y_train).tolist(),
+            "sha256": self.digest,
+        }
+
+
+def load(name: str, path: str | None, image_shape: Sequence[int], num_classes: int) -> Dataset:
+    """Read the dataset from `path` (.npz or IDX folder), or download `name` through keras.datasets."""
+    if path is None:
+        arrays, source = _download(name), f"keras.datasets.{name}"
+    else:
+        file = Path(path).expanduser()
+        if not file.exists():
+            raise DataError(f"data file not found: {file}")
+        arrays = _read_idx_folder(file) if file.is_dir() else _read_npz(file)
+        source = str(file)
+    return _checked(arrays, source, tuple(image_shape), num_classes)
+
+
+def _download(name: str) -> dict[str, np.ndarray]:
+    import keras  # only this source needs Keras (and so TensorFlow)
+
+    loader = getattr(keras.datasets, name, None)
+    if loader is None:
+        raise DataError(f"data.name: keras.datasets has no dataset {name!r}")
+    try:
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
+    except Exception as error:  # network, proxy, cache: all mean "no data"
+        raise DataError(
+            f"could not download keras.datasets.{name} ({error.__class__.__name__}: {error}); "
+            "set data.path or MNISTEXP_DATA to a local copy"
+        ) from error
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _read_npz(file: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            missing = [key for key in SPLITS if key not in npz.files]
+            if missing:
+                raise DataError(f"{file}: missing arrays {', '.join(missing)} (found: {', '.join(npz.files) or 'none'})")
+            return {key: npz[key] for key in SPLITS}
+    except DataError:
+        raise
+    except PermissionError as error:
+        raise DataError(f"{file}: cannot read ({error.strerror})") from error
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        raise DataError(f"{file}: not a readable .npz archive ({error})") from error
+
+
+def _read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        candidates = [folder / stem, folder / f"{stem}.gz"]
+        file = next((c for c in candidates if c.exists()), None)
+        if file is None:
+            raise DataError(f"{folder}: no {stem}[.gz] in this IDX folder")
+        arrays[key] = _read_idx(file)
+    return arrays
+
+
+def _read_idx(file: Path) -> np.ndarray:
+    """One IDX file (http://yann.lecun.com/exdb/mnist/): magic, dims, then raw unsigned bytes."""
+    try:
+        opener = gzip.open if file.suffix == ".gz" else open
+        with opener(file, "rb") as stream:
+            raw = stream.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{file}: cannot read ({error})") from error
+    if len(raw) < 4 or raw[:2] != b"\x00\x00":
+        raise DataError(f"{file}: not an IDX file (bad magic number)")
+    dtype_code, ndim = raw[2], raw[3]
+    if dtype_code != _IDX_UBYTE:
+        raise DataError(f"{file}: IDX data type 0x{dtype_code:02x} is not unsigned bytes")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{file}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise DataError(f"{file}: truncated or padded: {len(raw) - header} data bytes, header says {expected}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _checked(arrays: dict[str, np.ndarray], source: str, image_shape: tuple[int, ...],
+             num_classes: int) -> Dataset:
+    checked = {}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        checked[f"x_{split}"] = _checked_images(x, f"{source}: x_{split}", image_shape)
+        checked[f"y_{split}"] = _checked_labels(y, f"{source}: y_{split}", num_classes)
+        if len(x) != len(y):
+            raise DataError(f"{source}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
+    return Dataset(**checked, source=source)
+
+
+def _checked_images(x: np.ndarray, name: str, image_shape: tuple[int, ...]) -> np.ndarray:
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{name}: pixels must be numbers, got dtype {x.dtype}")
+    if x.ndim != 1 + len(image_shape) or tuple(x.shape[1:]) != image_shape:
+        raise DataError(f"{name}: expected shape (N, {', '.join(map(str, image_shape))}), got {x.shape}")
+    if len(x) == 0:
+        raise DataError(f"{name}: no images")
+    if x.dtype == np.uint8:
+        return x
+    if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 255 or np.any(x != np.round(x)):
+        raise DataError(f"{name}: pixels must be whole numbers 0-255 (raw, unscaled images)")
+    return x.astype(np.uint8)
+
+
+def _checked_labels(y: np.ndarray, name: str, num_classes: int) -> np.ndarray:
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{name}: labels must be integers, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise DataError(f"{name}: expected shape (N,), got {y.shape}")
+    if len(y) == 0:
+        raise DataError(f"{name}: no labels")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise DataError(f"{name}: labels must be 0-{num_classes - 1}, found {y.min()}..{y.max()}")
+    return y if y.dtype == np.uint8 else y.astype(np.int64)

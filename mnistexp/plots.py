@@ -1,0 +1,50 @@
+"""Figures from numbers: the confusion-matrix heatmap and a grid of sample images with labels."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers, CI or inside sweeps
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], accuracy: float) -> Figure:
+    size = 1.0 + 0.65 * len(class_names)
+    figure, axes = plt.subplots(figsize=(size + 1.5, size))
+    sns.heatmap(confusion, annot=True, fmt="d", cmap="Blues", square=True, cbar=True,
+                xticklabels=class_names, yticklabels=class_names, ax=axes)
+    axes.set_xlabel("Predicted label")
+    axes.set_ylabel("True label")
+    axes.set_title(f"Confusion matrix (test accuracy {accuracy:.4f})")
+    figure.tight_layout()
+    return figure
+
+
+def sample_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                class_names: Sequence[str]) -> Figure:
+    """The images in a near-square grid, titled `true / predicted`, mistakes in red."""
+    count = len(images)
+    columns = max(1, int(np.ceil(np.sqrt(count))))
+    rows = max(1, int(np.ceil(count / columns)))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index >= count:
+            continue
+        axis.imshow(images[index], cmap="gray_r")
+        true, predicted = class_names[labels[index]], class_names[predictions[index]]
+        axis.set_title(f"{true} / {predicted}", fontsize=9,
+                       color="black" if labels[index] == predictions[index] else "red")
+    figure.suptitle("First test images: true / predicted")
+    figure.tight_layout()
+    return figure
+
+
+def close(figure: Figure) -> None:
+    plt.close(figure)

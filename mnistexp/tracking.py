@@ -1,0 +1,192 @@
+"""The MLflow side of a job: the store, one run always ended, params, metrics, artifacts and the model."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import platform
+import subprocess
+import traceback
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from mnistexp.errors import TrackingError
+
+if TYPE_CHECKING:
+    import keras
+    from matplotlib.figure import Figure
+    from mlflow import ActiveRun
+
+    from mnistexp.data import Dataset
+    from mnistexp.evaluate import Evaluation
+
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs table
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'hidden_units': 0}} -> {'model.hidden_units': 0}; lists stay single values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def ui_command(uri: str) -> str:
+    """How to look at the runs in `uri`: a server is opened in a browser, a local store needs `mlflow ui`."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+@contextlib.contextmanager
+def mlflow_run(tracking_cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[ActiveRun]:
+    """One MLflow run that always ends: FINISHED, FAILED (error tagged, traceback logged) or KILLED."""
+    import mlflow
+
+    if tracking_cfg.uri:
+        mlflow.set_tracking_uri(tracking_cfg.uri)
+    try:
+        experiment = mlflow.set_experiment(tracking_cfg.experiment)
+        if "mlflow.experimentKind" not in experiment.tags:
+            mlflow.set_experiment_tags(EXPERIMENT_KIND)
+        run = mlflow.start_run(run_name=tracking_cfg.run_name, tags=dict(tags))
+    except Exception as error:
+        raise TrackingError(f"cannot use MLflow store {mlflow.get_tracking_uri()}: {_first_line(error)}") from error
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as error:
+        mlflow.set_tag("mnistexp.error", _first_line(error)[:5000])
+        mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{error.__class__.__name__}: {text[0] if text else ''}"
+
+
+def environment_tags() -> dict[str, str]:
+    """Facts a result depends on: code version and library versions."""
+    tags = {f"versions.{package}": _version(package)
+            for package in ("tensorflow", "keras", "mlflow", "hydra-core", "numpy")}
+    tags["versions.python"] = platform.python_version()
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["mnistexp.git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
+    return tags
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", "-C", str(_PROJECT_ROOT), *args], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def log_config(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """The resolved config as dotted params, as YAML to rerun from, and the command-line overrides."""
+    import mlflow
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    mlflow.log_params({key: _param(value) for key, value in flatten(resolved).items()})
+    mlflow.log_text(OmegaConf.to_yaml(resolved), "config/resolved.yaml")
+    mlflow.log_text("".join(f"- {item}\n" for item in overrides) or "[]\n", "config/overrides.yaml")
+
+
+def _param(value: Any) -> Any:
+    return "null" if value is None else value
+
+
+def log_data(data: Dataset, name: str) -> None:
+    """The data summary (shapes, first labels, digest) as JSON, and train/test as MLflow dataset inputs."""
+    import mlflow
+    from mlflow.data import from_numpy
+
+    summary = data.summary()
+    mlflow.log_dict(summary, "data/summary.json")
+    mlflow.set_tag("mnistexp.data_sha256", summary["sha256"])
+    for context, x, y in (("training", data.x_train, data.y_train), ("testing", data.x_test, data.y_test)):
+        with warnings.catch_warnings():
+            # MLflow finds two equal readings of a local path ("LocalArtifactDatasetSource") and says so.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = from_numpy(x, targets=y, source=data.source, name=f"{name}-{context}",
+                                 digest=summary["sha256"][:8])
+        mlflow.log_input(dataset, context=context)
+
+
+def epoch_metrics_callback() -> keras.callbacks.Callback:
+    """MLflow's own Keras callback: loss and accuracy at the end of every epoch, step = epoch."""
+    import mlflow.keras
+
+    return mlflow.keras.MlflowCallback(log_every_epoch=True)
+
+
+def log_fit(fit_seconds: float, samples_per_second: float) -> None:
+    import mlflow
+
+    mlflow.log_metrics({"fit_seconds": fit_seconds, "samples_per_second": samples_per_second})
+
+
+def log_model(model: keras.Model, image_shape: Sequence[int]) -> str:
+    """Log the Keras model (raw uint8 images in, class scores out); returns its LoggedModel id."""
+    import mlflow.keras
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    num_classes = model.output_shape[-1]
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
+    )
+    # Explicit requirements: MLflow's inference would re-import the model (seconds per run).
+    requirements = [f"tensorflow=={_version('tensorflow')}", f"keras=={_version('keras')}"]
+    info = mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements)
+    return info.model_id
+
+
+def log_evaluation(evaluation: Evaluation, class_names: Sequence[str], model_id: str | None) -> None:
+    """Test metrics (linked to the logged model when there is one) and the confusion matrix as CSV."""
+    import mlflow
+
+    metrics = {"test_loss": evaluation.loss, "test_accuracy": evaluation.accuracy}
+    for index, (precision, recall) in enumerate(zip(evaluation.precision, evaluation.recall)):
+        metrics[f"test_precision_class_{index}"] = float(precision)
+        metrics[f"test_recall_class_{index}"] = float(recall)
+    mlflow.log_metrics(metrics, model_id=model_id)
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["true \\ predicted", *class_names])
+    writer.writerows([name, *row] for name, row in zip(class_names, evaluation.confusion.tolist()))
+    mlflow.log_text(table.getvalue(), "evaluation/confusion_matrix.csv")
+
+
+def log_figure(figure: Figure, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_figure(figure, artifact_file)
