@@ -1,0 +1,173 @@
+"""Reading .npz and IDX sources written by the tests themselves, and every way a file can be wrong."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnistexp.data import IDX_FILES, load
+from mnistexp.errors import DataError
+
+SHAPE = (28, 28)
+
+
+def make_arrays(n_train: int = 12, n_test: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "x_train": rng.integers(0, 256, (n_train, *SHAPE), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, *SHAPE), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if path.suffix == ".gz":
+        payload = gzip.compress(payload)
+    path.write_bytes(payload)
+
+
+def load_path(path: Path | str):
+    return load("mnist", str(path), SHAPE, 10)
+
+
+def test_npz_round_trip(tmp_path):
+    arrays = make_arrays()
+    data = load_path(write_npz(tmp_path / "d.npz", **arrays))
+    for key, array in arrays.items():
+        np.testing.assert_array_equal(getattr(data, key), array)
+    assert data.source == str(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_folder_round_trip(tmp_path, suffix):
+    arrays = make_arrays()
+    for key, stem in IDX_FILES.items():
+        write_idx(tmp_path / f"{stem}{suffix}", arrays[key])
+    data = load_path(tmp_path)
+    for key, array in arrays.items():
+        np.testing.assert_array_equal(getattr(data, key), array)
+
+
+def test_summary_reports_shapes_first_labels_and_a_stable_digest(tmp_path):
+    arrays = make_arrays()
+    path = write_npz(tmp_path / "d.npz", **arrays)
+    summary = load_path(path).summary()
+    assert summary["shapes"]["x_train"] == [12, 28, 28] and summary["shapes"]["y_test"] == [6]
+    assert summary["first_train_labels"] == arrays["y_train"][:5].tolist()
+    assert summary["first_test_labels"] == arrays["y_test"][:5].tolist()
+    assert summary["sha256"] == load_path(path).digest
+    arrays["x_test"][0, 0, 0] ^= 1
+    assert load_path(write_npz(tmp_path / "e.npz", **arrays)).digest != summary["sha256"]
+
+
+def test_limit_takes_the_first_examples(tmp_path):
+    arrays = make_arrays()
+    data = load_path(write_npz(tmp_path / "d.npz", **arrays)).limit(5, None)
+    assert len(data.x_train) == 5 and len(data.x_test) == 6
+    np.testing.assert_array_equal(data.y_train, arrays["y_train"][:5])
+
+
+def test_whole_number_float_pixels_become_uint8(tmp_path):
+    arrays = make_arrays()
+    arrays["x_train"] = arrays["x_train"].astype(np.float64)
+    data = load_path(write_npz(tmp_path / "d.npz", **arrays))
+    assert data.x_train.dtype == np.uint8
+
+
+def _bad(tmp_path: Path, **changes) -> Path:
+    arrays = {**make_arrays(), **changes}
+    return write_npz(tmp_path / "bad.npz", **{k: v for k, v in arrays.items() if v is not None})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"y_test": None}, "missing arrays y_test"),
+        ({"x_train": np.zeros((12, 27, 28), np.uint8)}, "expected shape (N, 28, 28)"),
+        ({"y_train": np.full(12, 10, np.uint8)}, "labels must be 0-9"),
+        ({"y_train": np.full(12, -1, np.int64)}, "labels must be 0-9"),
+        ({"y_train": np.zeros(12, np.float32)}, "labels must be integers"),
+        ({"x_test": np.full((6, 28, 28), "a")}, "pixels must be numbers"),
+        ({"x_test": np.full((6, 28, 28), 0.5)}, "whole numbers 0-255"),
+        ({"x_test": np.full((6, 28, 28), 300, np.int32)}, "whole numbers 0-255"),
+        ({"x_train": np.zeros((0, 28, 28), np.uint8), "y_train": np.zeros(0, np.uint8)}, "no images"),
+        ({"y_train": np.zeros(11, np.uint8)}, "12 images but y_train has 11 labels"),
+    ],
+)
+def test_bad_npz_contents_name_the_file_and_array(tmp_path, changes, message):
+    path = _bad(tmp_path, **changes)
+    with pytest.raises(DataError) as raised:
+        load_path(path)
+    assert str(path) in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="data file not found: .*nope.npz"):
+        load_path(tmp_path / "nope.npz")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip at all", None])
+def test_corrupt_or_truncated_npz(tmp_path, content):
+    path = tmp_path / "corrupt.npz"
+    if content is None:  # a real archive cut in half
+        good = write_npz(tmp_path / "good.npz", **make_arrays(200, 100)).read_bytes()
+        content = good[: len(good) // 2]
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"{path}: not a readable .npz"):
+        load_path(path)
+
+
+def test_pickled_object_arrays_are_refused(tmp_path):
+    arrays = make_arrays()
+    arrays["y_train"] = np.array([object()] * 12)
+    path = tmp_path / "pickle.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=str(path)):
+        load_path(path)
+
+
+def test_idx_folder_missing_a_file(tmp_path):
+    arrays = make_arrays()
+    for key, stem in list(IDX_FILES.items())[:3]:
+        write_idx(tmp_path / stem, arrays[key])
+    with pytest.raises(DataError, match="no t10k-labels-idx1-ubyte"):
+        load_path(tmp_path)
+
+
+def test_truncated_idx_file(tmp_path):
+    arrays = make_arrays()
+    for key, stem in IDX_FILES.items():
+        write_idx(tmp_path / stem, arrays[key])
+    images = tmp_path / IDX_FILES["x_train"]
+    images.write_bytes(images.read_bytes()[:-10])
+    with pytest.raises(DataError, match=f"{images}: truncated"):
+        load_path(tmp_path)
+
+
+def test_not_an_idx_file(tmp_path):
+    arrays = make_arrays()
+    for key, stem in IDX_FILES.items():
+        write_idx(tmp_path / stem, arrays[key])
+    (tmp_path / IDX_FILES["y_test"]).write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(DataError, match="not an IDX file"):
+        load_path(tmp_path)
+
+
+def test_the_shared_mnist_file_is_the_canonical_one(mnist_path):
+    data = load("mnist", str(mnist_path), SHAPE, 10)
+    assert data.x_train.shape == (60000, 28, 28) and data.x_test.shape == (10000, 28, 28)
+    assert data.y_train[:5].tolist() == [5, 0, 4, 1, 9] and data.y_test[:5].tolist() == [7, 2, 1, 0, 4]
+    assert abs(data.x_train.mean() / 255 - 0.1307) < 1e-3

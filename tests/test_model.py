@@ -1,0 +1,90 @@
+"""Model shapes and sizes, the optimizer and loss from config, and evaluation numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")  # noqa: E402  (installed with the package; fails loudly if broken)
+
+from mnistexp import model as model_lib  # noqa: E402
+from mnistexp import train  # noqa: E402
+from mnistexp.data import Dataset  # noqa: E402
+from mnistexp.evaluate import evaluate, per_class_precision_recall  # noqa: E402
+
+
+def build(compose_cfg, *overrides):
+    cfg = compose_cfg(*overrides)
+    return cfg, model_lib.build(cfg.model, cfg.preprocess, cfg.data.image_shape, len(cfg.data.class_names))
+
+
+@pytest.mark.parametrize(
+    ("hidden_units", "params", "dense_layers"),
+    [("0", 7_850, [10]), ("100", 79_510, [100, 10]), ("[256,128]", 784 * 256 + 256 + 256 * 128 + 128 + 1290,
+                                                       [256, 128, 10])],
+)
+def test_parameter_counts_and_layers(compose_cfg, hidden_units, params, dense_layers):
+    _, model = build(compose_cfg, f"model.hidden_units={hidden_units}")
+    assert model.count_params() == params
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [layer.units for layer in dense] == dense_layers
+    assert dense[-1].activation.__name__ == "sigmoid"
+    assert all(layer.activation.__name__ == "relu" for layer in dense[:-1])
+
+
+def test_the_model_takes_raw_uint8_images_and_scales_them_itself(compose_cfg):
+    _, model = build(compose_cfg)
+    assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, 28, 28)
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    kernel, bias = model.get_layer("output").get_weights()
+    expected = 1 / (1 + np.exp(-((images.reshape(4, 784) / 255) @ kernel + bias)))
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "rmsprop"])
+def test_compile_uses_the_configured_optimizer_and_loss(compose_cfg, name):
+    cfg, model = build(compose_cfg, f"optimizer={name}", "optimizer.learning_rate=0.005")
+    train.compile_model(model, cfg.optimizer, cfg.trainer)
+    assert isinstance(model.optimizer, train.OPTIMIZER_CLASSES[name])
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.005)
+    assert model.loss == "sparse_categorical_crossentropy"
+
+
+def test_fit_and_evaluate_on_a_learnable_toy_problem(compose_cfg):
+    # Class k lights up row 2k: any working pipeline learns it perfectly.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 600).astype(np.uint8)
+    images = rng.integers(0, 30, (600, 28, 28)).astype(np.uint8)
+    images[np.arange(600), 2 * labels] = 255
+    data = Dataset(images[:500], labels[:500], images[500:], labels[500:], source="toy")
+    cfg, model = build(compose_cfg, "trainer.epochs=3", "trainer.verbose=0", "optimizer.learning_rate=0.01")
+    keras.utils.set_random_seed(cfg.seed)
+    train.compile_model(model, cfg.optimizer, cfg.trainer)
+    fitted = train.fit(model, data, cfg.trainer, callbacks=[])
+    assert len(fitted.history["loss"]) == 3 and fitted.history["loss"][-1] < fitted.history["loss"][0]
+    assert fitted.fit_seconds > 0 and fitted.samples_per_second > 0
+    result = evaluate(model, data, batch_size=32, num_classes=10)
+    assert result.accuracy == pytest.approx((result.predictions == data.y_test).mean())
+    assert result.accuracy > 0.95
+    assert result.confusion.sum() == 100 and np.trace(result.confusion) == round(result.accuracy * 100)
+
+
+def test_nan_loss_stops_training_with_a_clear_error(compose_cfg):
+    data = Dataset(np.full((64, 28, 28), 255, np.uint8), np.zeros(64, np.uint8),
+                   np.zeros((8, 28, 28), np.uint8), np.zeros(8, np.uint8), source="toy")
+    cfg, model = build(compose_cfg, "trainer.epochs=3", "trainer.verbose=0")
+    train.compile_model(model, cfg.optimizer, cfg.trainer)
+    model.get_layer("output").set_weights([np.full((784, 10), np.nan, np.float32), np.zeros(10, np.float32)])
+    epochs_seen = []
+    spy = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs_seen.append(epoch))
+    with pytest.raises(FloatingPointError, match="NaN/inf in epoch 1"):
+        train.fit(model, data, cfg.trainer, callbacks=[spy])
+    assert epochs_seen == [0]  # TerminateOnNaN stopped training inside the first epoch
+
+
+def test_per_class_precision_and_recall():
+    confusion = np.array([[3, 1, 0], [0, 2, 0], [1, 1, 0]])
+    precision, recall = per_class_precision_recall(confusion)
+    np.testing.assert_allclose(precision[:2], [3 / 4, 2 / 4])
+    np.testing.assert_allclose(recall, [3 / 4, 1.0, 0.0])
+    assert np.isnan(precision[2])  # class 2 was never predicted

@@ -1,0 +1,40 @@
+"""Figures drawn from given numbers, and the pure helpers of the MLflow layer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mnistexp import plots
+from mnistexp.tracking import flatten, ui_command
+
+
+def test_confusion_heatmap_annotates_every_cell_with_its_count():
+    confusion = np.arange(100).reshape(10, 10)
+    figure = plots.confusion_heatmap(confusion, [str(d) for d in range(10)], accuracy=0.5)
+    axes = figure.axes[0]
+    annotations = sorted(int(text.get_text()) for text in axes.texts)
+    assert annotations == list(range(100))
+    assert axes.get_xlabel() == "Predicted label" and axes.get_ylabel() == "True label"
+    assert [label.get_text() for label in axes.get_xticklabels()] == [str(d) for d in range(10)]
+    plots.close(figure)
+
+
+def test_sample_grid_titles_true_and_predicted_labels_and_marks_mistakes():
+    images = np.zeros((5, 28, 28), np.uint8)
+    labels, predictions = np.array([0, 1, 2, 3, 4]), np.array([0, 1, 2, 3, 9])
+    figure = plots.sample_grid(images, labels, predictions, [str(d) for d in range(10)])
+    titled = [axis for axis in figure.axes if axis.get_title()]
+    assert [axis.get_title() for axis in titled] == ["0 / 0", "1 / 1", "2 / 2", "3 / 3", "4 / 9"]
+    assert titled[-1].title.get_color() == "red" and titled[0].title.get_color() == "black"
+    assert len(figure.axes) == 6  # five images: 3 columns x 2 rows
+    plots.close(figure)
+
+
+def test_flatten_makes_dotted_keys_and_keeps_lists_whole():
+    nested = {"model": {"hidden_units": [256, 128], "act": "relu"}, "seed": 1, "a": {"b": {"c": None}}}
+    assert flatten(nested) == {"model.hidden_units": [256, 128], "model.act": "relu", "seed": 1, "a.b.c": None}
+
+
+def test_ui_command_for_local_and_remote_stores():
+    assert ui_command("sqlite:///mlflow.db") == "mlflow ui --backend-store-uri sqlite:///mlflow.db"
+    assert ui_command("http://127.0.0.1:5000") == "open http://127.0.0.1:5000"
