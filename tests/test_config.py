@@ -130,3 +130,11 @@ def test_a_bad_value_is_one_line_without_tensorflow(without_tensorflow_or_mlflow
     assert done.stderr.strip().splitlines() == [
         "mnistexp: error: model.hidden_units must be an integer >= 0 (got -1)"
     ]
+
+
+@pytest.mark.parametrize(("name", "hidden_units"), [("seed_no_hidden", 0), ("seed_hidden_100", 100)])
+def test_pinned_seed_experiments(compose_cfg, name, hidden_units):
+    cfg = compose_cfg(f"experiment={name}")
+    validate(cfg)
+    assert cfg.model.hidden_units == hidden_units and cfg.tracking.run_name == name
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.optimizer.name) == (5, 32, "adam")
