@@ -53,6 +53,7 @@ class TrainerConfig:
     batch_size: int = MISSING
     loss: str = MISSING
     shuffle: bool = MISSING
+    deterministic: bool = MISSING
     verbose: int = MISSING
     limit_train_samples: Optional[int] = MISSING
     limit_test_samples: Optional[int] = MISSING
@@ -65,6 +66,7 @@ class TrackingConfig:
     run_name: Optional[str] = MISSING
     log_model: bool = MISSING
     sample_images: int = MISSING
+    skip_finished: bool = MISSING
 
 
 @dataclass
@@ -182,3 +184,23 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.tracking.sample_images >= 0, "tracking.sample_images", "must be an integer >= 0",
              cfg.tracking.sample_images)
     _require(0 <= cfg.seed < 2**32, "seed", "must be an integer between 0 and 2**32 - 1", cfg.seed)
+
+
+# Keys that change where or how a run is reported, never what it computes.
+_NOT_IN_DIGEST = ("tracking", "trainer.verbose", "data.path")
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """SHA-256 of what determines a result (the data is identified by its own digest, not its path)."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in _NOT_IN_DIGEST:
+        *parents, leaf = dotted.split(".")
+        node = resolved
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(resolved)).encode()).hexdigest()

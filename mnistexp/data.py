@@ -7,7 +7,7 @@ import hashlib
 import struct
 import zipfile
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -61,16 +61,29 @@ class Dataset:
 
 
 def load(name: str, path: str | None, image_shape: Sequence[int], num_classes: int) -> Dataset:
-    """Read the dataset from `path` (.npz or IDX folder), or download `name` through keras.datasets."""
+    """Read the dataset from `path` (.npz or IDX folder), or download `name` through keras.datasets.
+
+    The jobs of a sweep share one process with Hydra's basic launcher: the last two datasets are
+    kept, keyed by the file's size and modification time, so a sweep reads its data once.
+    """
+    stamp = None
+    if path is not None:
+        file = Path(path).expanduser()
+        if not file.exists():
+            raise DataError(f"data file not found: {file}")
+        stamp = (file.stat().st_size, file.stat().st_mtime_ns)
+    return _load(name, path, tuple(image_shape), num_classes, stamp)
+
+
+@lru_cache(maxsize=2)
+def _load(name: str, path: str | None, image_shape: tuple[int, ...], num_classes: int, stamp: object) -> Dataset:
     if path is None:
         arrays, source = _download(name), f"keras.datasets.{name}"
     else:
         file = Path(path).expanduser()
-        if not file.exists():
-            raise DataError(f"data file not found: {file}")
         arrays = _read_idx_folder(file) if file.is_dir() else _read_npz(file)
         source = str(file)
-    return _checked(arrays, source, tuple(image_shape), num_classes)
+    return _checked(arrays, source, image_shape, num_classes)
 
 
 def _download(name: str) -> dict[str, np.ndarray]:

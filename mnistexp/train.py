@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import platform
 import time
 from dataclasses import dataclass
 
 import keras
+import tensorflow as tf
 from omegaconf import DictConfig
 
 from mnistexp.data import Dataset
@@ -26,6 +29,24 @@ class FitResult:
     history: dict[str, list[float]]  # metric name -> one value per epoch
     fit_seconds: float
     samples_per_second: float
+
+
+def configure_runtime(seed: int, deterministic: bool) -> dict[str, str]:
+    """A clean, seeded TensorFlow for this job; returns the facts that identical results depend on."""
+    keras.backend.clear_session()  # sweeps run many jobs in one process: start each from nothing
+    keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow, including fit's shuffling
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    threading = tf.config.threading
+    return {
+        "runtime.deterministic_ops": str(deterministic),
+        "runtime.onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
+        "runtime.intra_op_threads": str(threading.get_intra_op_parallelism_threads() or "auto"),
+        "runtime.inter_op_threads": str(threading.get_inter_op_parallelism_threads() or "auto"),
+        "runtime.cpu_count": str(os.cpu_count()),
+        "runtime.machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
+        "runtime.devices": ",".join(device.device_type for device in tf.config.list_physical_devices()),
+    }
 
 
 def compile_model(model: keras.Model, optimizer_cfg: DictConfig, trainer_cfg: DictConfig) -> None:
