@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from omegaconf import DictConfig
 
 from mnistexp import data as data_lib
+from mnistexp.config import config_digest
+from mnistexp.sweep import REUSED_TAG_PREFIX, SweepContext
 
 log = logging.getLogger("mnistexp")
 
@@ -20,26 +23,37 @@ class JobResult:
     test_accuracy: float
     test_loss: float
     tracking_uri: str
+    skipped: bool = False
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> JobResult:
+def run(cfg: DictConfig, overrides: Sequence[str] = (), extra_tags: Mapping[str, str] | None = None) -> JobResult:
     class_names = list(cfg.data.class_names)
     # Data first: a missing or corrupt file fails before TensorFlow loads or a run is opened.
     data = data_lib.load(cfg.data.name, cfg.data.path, cfg.data.image_shape, len(class_names))
     data = data.limit(cfg.trainer.limit_train_samples, cfg.trainer.limit_test_samples)
     _report(data)
+    sweep = SweepContext.from_env()
+    digest = hashlib.sha256(f"{config_digest(cfg)} {data.digest}".encode()).hexdigest()
+
+    from mnistexp import tracking
+
+    if cfg.tracking.skip_finished:
+        earlier = _finished_run(cfg, digest, sweep)
+        if earlier is not None:
+            return earlier
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the console
-    import keras
     import mlflow
 
-    from mnistexp import evaluate, model as model_lib, plots, tracking, train
+    from mnistexp import evaluate, model as model_lib, plots, train
 
-    keras.utils.set_random_seed(cfg.seed)
+    runtime = train.configure_runtime(cfg.seed, cfg.trainer.deterministic)
     model = model_lib.build(cfg.model, cfg.preprocess, cfg.data.image_shape, len(class_names))
     train.compile_model(model, cfg.optimizer, cfg.trainer)
 
-    with tracking.mlflow_run(cfg.tracking, tags=tracking.environment_tags()) as active:
+    run_name = cfg.tracking.run_name or (sweep.run_name(list(overrides)) if sweep else None)
+    tags = {**tracking.environment_tags(), **runtime, "mnistexp.config_sha256": digest, **(extra_tags or {})}
+    with tracking.mlflow_run(cfg.tracking, run_name, tags, sweep.parent_run_id if sweep else None) as active:
         tracking.log_config(cfg, overrides)
         tracking.log_data(data, cfg.data.name)
         fitted = train.fit(model, data, cfg.trainer, callbacks=[tracking.epoch_metrics_callback()])
@@ -59,6 +73,24 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> JobResult:
     log.info("test_accuracy=%.4f test_loss=%.4f run_id=%s", results.accuracy, results.loss, active.info.run_id)
     log.info("see it: %s", tracking.ui_command(uri))
     return JobResult(active.info.run_id, results.accuracy, results.loss, uri)
+
+
+def _finished_run(cfg: DictConfig, digest: str, sweep: SweepContext | None) -> JobResult | None:
+    """With tracking.skip_finished: the earlier FINISHED run of this exact config, reported and reused."""
+    import mlflow
+
+    from mnistexp import tracking
+
+    run_id = tracking.find_finished_run(cfg.tracking, digest)
+    if run_id is None:
+        return None
+    metrics = mlflow.get_run(run_id).data.metrics
+    if sweep:
+        mlflow.MlflowClient().set_tag(sweep.parent_run_id, f"{REUSED_TAG_PREFIX}{digest[:16]}", run_id)
+    log.info("skipped: run %s already FINISHED with this config (test_accuracy=%.4f)",
+             run_id, metrics.get("test_accuracy", float("nan")))
+    return JobResult(run_id, metrics.get("test_accuracy", float("nan")), metrics.get("test_loss", float("nan")),
+                     mlflow.get_tracking_uri(), skipped=True)
 
 
 def _report(data: data_lib.Dataset) -> None:

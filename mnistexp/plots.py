@@ -48,3 +48,31 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
 
 def close(figure: Figure) -> None:
     plt.close(figure)
+
+
+def metric_by_param(values: Sequence[str], metric: Sequence[float], key: str, metric_name: str) -> Figure:
+    """A metric against one swept key: a line over numeric values, bars over anything else."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    numeric = [_as_number(value) for value in values]
+    if all(number is not None for number in numeric):
+        order = np.argsort(numeric)
+        xs, ys = np.asarray(numeric)[order], np.asarray(metric)[order]
+        axes.plot(xs, ys, marker="o")
+        for x, y in zip(xs, ys):
+            axes.annotate(f"{y:.4f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    else:
+        sns.barplot(x=list(values), y=list(metric), ax=axes, color="tab:blue")
+        axes.set_ylim(max(0.0, min(metric) - 0.05) if len(metric) else 0, 1.0)
+    axes.set_xlabel(key)
+    axes.set_ylabel(metric_name)
+    axes.set_title(f"{metric_name} by {key}")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def _as_number(value: str) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
