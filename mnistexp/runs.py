@@ -1,0 +1,200 @@
+"""`mnistexp-runs`: compare runs in the MLflow store, reproduce one from its logged config, pin it as an experiment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnistexp.config import register_schema, validate
+from mnistexp.errors import UserError
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+COMPARED_METRICS = ("test_accuracy", "test_loss")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"mnistexp-runs: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnistexp-runs", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("--tracking-uri", help="the MLflow store (default: MLFLOW_TRACKING_URI, else "
+                                               "MLflow's default, sqlite:///mlflow.db)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compare = commands.add_parser("compare", help="a table of runs, best test accuracy first")
+    compare.add_argument("--experiment", help="experiment name (default: tracking.experiment in conf/)")
+    compare.add_argument("--parent", metavar="RUN_ID", help="only the children of this sweep's parent run")
+    compare.add_argument("--plot", metavar="FILE", type=Path, help="also write test accuracy against a key")
+    compare.add_argument("--plot-key", default="model.hidden_units", help="the key for --plot (%(default)s)")
+    compare.set_defaults(handler=compare_runs)
+
+    reproduce = commands.add_parser("reproduce", help="run a logged config again; exit 1 if metrics differ")
+    reproduce.add_argument("run_id", metavar="RUN_ID")
+    reproduce.set_defaults(handler=reproduce_run)
+
+    pin = commands.add_parser("pin", help="write experiments/NAME.yaml that reproduces a run")
+    pin.add_argument("run_id", metavar="RUN_ID")
+    pin.add_argument("name", metavar="NAME")
+    pin.add_argument("--dir", type=Path, default=EXPERIMENTS_DIR, help="where to write (default: %(default)s)")
+    pin.add_argument("--force", action="store_true", help="overwrite an existing file")
+    pin.set_defaults(handler=pin_run)
+    return parser
+
+
+def _client(args: argparse.Namespace):
+    import mlflow
+
+    if args.tracking_uri:
+        mlflow.set_tracking_uri(args.tracking_uri)
+    return mlflow.MlflowClient()
+
+
+def _get_run(client, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as error:
+        raise UserError(f"no run {run_id} in {client.tracking_uri}") from error
+
+
+def default_config() -> DictConfig:
+    """conf/ composed with no overrides: the same defaults `mnistexp` starts from."""
+    from hydra import compose, initialize_config_dir
+
+    from mnistexp.cli import CONF_DIR
+
+    register_schema()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config")
+
+
+def compare_runs(args: argparse.Namespace) -> int:
+    from mnistexp import plots, summary
+
+    client = _client(args)
+    if args.parent:
+        parent = _get_run(client, args.parent)
+        experiment_ids = [parent.info.experiment_id]
+        filter_string = f"tags.mlflow.parentRunId = '{args.parent}'"
+    else:
+        name = args.experiment or default_config().tracking.experiment
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise UserError(f"no experiment {name!r} in {client.tracking_uri}")
+        experiment_ids, filter_string = [experiment.experiment_id], ""
+    runs = [run for run in client.search_runs(experiment_ids, filter_string, max_results=10_000)
+            if run.data.tags.get("mnistexp.sweep") != "parent"]
+    if not runs:
+        raise UserError(f"no runs to compare in {client.tracking_uri}")
+    table = summary.rows(runs)
+    keys = summary.varying_keys(table)
+    print(summary.to_text(table, keys))
+    if args.plot:
+        scored = [row for row in table if not math.isnan(row.test_accuracy)]
+        figure = plots.metric_by_param([row.params.get(args.plot_key, "?") for row in scored],
+                                       [row.test_accuracy for row in scored], args.plot_key, "test_accuracy")
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(args.plot, dpi=120)
+        plots.close(figure)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def logged_config(client, run_id: str) -> DictConfig:
+    """The run's config/resolved.yaml laid over today's defaults, type-checked and validated."""
+    import tempfile
+
+    run = _get_run(client, run_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            path = client.download_artifacts(run.info.run_id, "config/resolved.yaml", scratch)
+        except Exception as error:
+            raise UserError(f"run {run_id} has no config/resolved.yaml artifact") from error
+        logged = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.merge(default_config(), logged)
+    except Exception as error:
+        raise UserError(f"run {run_id}: its config no longer fits the schema ({error})") from error
+    validate(cfg)
+    return cfg
+
+
+def reproduce_run(args: argparse.Namespace) -> int:
+    client = _client(args)
+    original = _get_run(client, args.run_id)
+    cfg = logged_config(client, args.run_id)
+    cfg.tracking.uri = client.tracking_uri
+    cfg.tracking.run_name = f"reproduce {original.info.run_name}"
+    cfg.tracking.skip_finished = False
+
+    from mnistexp.job import run
+    from mnistexp.sweep import PARENT_RUN_ENV
+
+    os.environ.pop(PARENT_RUN_ENV, None)  # a reproduction is its own run, never a sweep child
+    result = run(cfg, overrides=[], extra_tags={"mnistexp.reproduces": args.run_id})
+    again = _get_run(client, result.run_id)
+
+    print(f"{'metric':<16}{'original':>14}{'reproduced':>14}  same")
+    same = True
+    for metric in COMPARED_METRICS:
+        before, after = original.data.metrics.get(metric), again.data.metrics.get(metric)
+        equal = before is not None and before == after
+        same &= equal
+        print(f"{metric:<16}{_show(before):>14}{_show(after):>14}  {'yes' if equal else 'NO'}")
+    data_before = original.data.tags.get("mnistexp.data_sha256")
+    if data_before and data_before != again.data.tags.get("mnistexp.data_sha256"):
+        print("note: the data differs from the original run's (mnistexp.data_sha256)")
+    print(f"original run {args.run_id}, reproduction {result.run_id}")
+    return 0 if same else 1
+
+
+def _show(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6f}"
+
+
+def pin_run(args: argparse.Namespace) -> int:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
+        raise UserError(f"NAME must be letters, digits, '_', '.', '-' (got {args.name!r})")
+    target = args.dir / f"{args.name}.yaml"
+    if target.exists() and not args.force:
+        raise UserError(f"{target} exists; pass --force to overwrite it")
+    client = _client(args)
+    run = _get_run(client, args.run_id)
+    cfg = OmegaConf.to_container(logged_config(client, args.run_id), resolve=True)
+    cfg["data"].pop("path")  # the data is found as usual (data.path / MNISTEXP_DATA); its digest is below
+    cfg["tracking"] = {"experiment": cfg["tracking"]["experiment"], "run_name": args.name}
+    metrics = run.data.metrics
+    header = [
+        "# @package _global_",
+        f"# Pinned from MLflow run {run.info.run_id} ({run.info.run_name}) on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"# store: {client.tracking_uri}",
+        f"# test_accuracy={metrics.get('test_accuracy', float('nan')):.6f} "
+        f"test_loss={metrics.get('test_loss', float('nan')):.6f}",
+        f"# data sha256: {run.data.tags.get('mnistexp.data_sha256', 'unknown')}",
+        f"# Run it again: mnistexp experiment={args.name}",
+    ]
+    args.dir.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(header) + "\n" + OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    print(f"pinned run {run.info.run_id} as {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
