@@ -1,0 +1,169 @@
+"""Multiruns as MLflow parent + children, resume, and `mnistexp-runs` compare / reproduce / pin."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from mnistexp.cli import CONF_DIR
+from mnistexp.config import config_digest, register_schema
+from mnistexp.sweep import sweep_plan
+
+from .conftest import MNISTEXP
+
+TINY = ["trainer.limit_train_samples=1000", "trainer.limit_test_samples=300", "trainer.epochs=1",
+        "trainer.verbose=0", "tracking.log_model=false"]
+RUNS = str(Path(sys.executable).parent / "mnistexp-runs")
+
+
+def runs_in(uri: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnistexp")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def split(runs):
+    parents = [run for run in runs if run.data.tags.get("mnistexp.sweep") == "parent"]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    return parents, children
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, mnist_path):
+    """A 2 x 2 grid over hidden units and learning rate, run once for the tests below."""
+    workdir = tmp_path_factory.mktemp("grid")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MNISTEXP_DATA"] = str(mnist_path)
+    done = subprocess.run([MNISTEXP, "-m", "model.hidden_units=0,16", "optimizer.learning_rate=0.001,0.01", *TINY],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return {"workdir": workdir, "uri": f"sqlite:///{workdir / 'mlflow.db'}", "env": env,
+            "output": done.stdout + done.stderr}
+
+
+def test_a_multirun_is_one_parent_with_a_nested_child_per_job(grid):
+    parents, children = split(runs_in(grid["uri"]))
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {child.data.tags["mlflow.parentRunId"] for child in children} == {parent.info.run_id}
+    assert all(child.info.status == "FINISHED" for child in children)
+    names = {child.info.run_name for child in children}
+    assert "model.hidden_units=16,optimizer.learning_rate=0.01" in names and len(names) == 4
+    for number in range(1, 5):
+        assert f"job {number}/4: " in grid["output"]
+
+
+def test_the_parent_summarises_its_children(grid):
+    parents, children = split(runs_in(grid["uri"]))
+    parent = parents[0]
+    best = max(children, key=lambda run: run.data.metrics["test_accuracy"])
+    assert parent.data.metrics["best_test_accuracy"] == best.data.metrics["test_accuracy"]
+    assert parent.data.tags["mnistexp.best_run_id"] == best.info.run_id
+    assert parent.data.metrics["jobs_finished"] == 4 and parent.data.metrics["jobs_failed"] == 0
+    client = MlflowClient(grid["uri"])
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert artifacts == {"sweep/summary.csv", "sweep/test_accuracy_by_model.hidden_units.png",
+                         "sweep/test_accuracy_by_optimizer.learning_rate.png"}
+    table = Path(client.download_artifacts(parent.info.run_id, "sweep/summary.csv", str(grid["workdir"])))
+    lines = table.read_text().splitlines()
+    assert lines[0].split(",")[3:5] == ["model.hidden_units", "optimizer.learning_rate"]
+    assert len(lines) == 5 and lines[1].startswith(best.info.run_id)
+
+
+def test_compare_prints_the_children_best_first(grid, tmp_path):
+    parents, children = split(runs_in(grid["uri"]))
+    plot = tmp_path / "accuracy.png"
+    done = subprocess.run([RUNS, "--tracking-uri", grid["uri"], "compare", "--parent", parents[0].info.run_id,
+                           "--plot", str(plot)], capture_output=True, text=True, env=grid["env"])
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:5] == ["run_id", "run", "status", "model.hidden_units", "optimizer.learning_rate"]
+    accuracies = [float(line.split()[5]) for line in lines[1:5]]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert accuracies[0] == pytest.approx(max(c.data.metrics["test_accuracy"] for c in children), abs=1e-4)
+    assert plot.stat().st_size > 1000
+
+
+def test_reproduce_gives_identical_metrics_in_a_new_tagged_run(grid):
+    _, children = split(runs_in(grid["uri"]))
+    original = next(c for c in children if c.data.params["model.hidden_units"] == "16")
+    done = subprocess.run([RUNS, "--tracking-uri", grid["uri"], "reproduce", original.info.run_id],
+                          capture_output=True, text=True, env=grid["env"], cwd=grid["workdir"])
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "test_accuracy" in done.stdout and "NO" not in done.stdout
+    [again] = [run for run in runs_in(grid["uri"]) if run.data.tags.get("mnistexp.reproduces") == original.info.run_id]
+    assert again.data.metrics["test_accuracy"] == original.data.metrics["test_accuracy"]
+    assert again.data.metrics["test_loss"] == original.data.metrics["test_loss"]
+    assert "mlflow.parentRunId" not in again.data.tags
+
+
+def test_pin_writes_an_experiment_with_the_same_config(grid, tmp_path):
+    _, children = split(runs_in(grid["uri"]))
+    original = children[0]
+    done = subprocess.run([RUNS, "--tracking-uri", grid["uri"], "pin", original.info.run_id, "pinned_run",
+                           "--dir", str(tmp_path / "experiment")], capture_output=True, text=True, env=grid["env"])
+    assert done.returncode == 0, done.stderr
+    register_schema()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=pinned_run", f"hydra.searchpath=[file://{tmp_path}]"])
+    logged = Path(MlflowClient(grid["uri"]).download_artifacts(original.info.run_id, "config/resolved.yaml",
+                                                                str(tmp_path)))
+    assert config_digest(cfg) == config_digest(OmegaConf.merge(cfg, OmegaConf.load(logged)))
+    assert cfg.tracking.run_name == "pinned_run"
+    again = subprocess.run([RUNS, "--tracking-uri", grid["uri"], "pin", original.info.run_id, "pinned_run",
+                            "--dir", str(tmp_path / "experiment")], capture_output=True, text=True, env=grid["env"])
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path, mnist_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MNISTEXP_DATA"] = str(mnist_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = [MNISTEXP, "-m", "model.hidden_units=0,16,32", *TINY]
+    process = subprocess.Popen(sweep, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    for line in process.stdout:  # the first job's closing line: its run is FINISHED, then Ctrl-C
+        if "test_accuracy=" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    first = runs_in(uri)
+    assert not [run for run in first if run.info.status == "RUNNING"]
+    finished_before = {run.data.params["model.hidden_units"] for run in split(first)[1]
+                       if run.info.status == "FINISHED"}
+    assert 1 <= len(finished_before) < 3
+
+    done = subprocess.run([*sweep, "tracking.skip_finished=true"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.stdout + done.stderr).count("skipped: run") == len(finished_before)
+    parents, children = split(runs_in(uri))
+    assert len(parents) == 2 and all(p.info.status in ("FINISHED", "KILLED") for p in parents)
+    trained = [run.data.params["model.hidden_units"] for run in children]
+    assert set(trained) == {"0", "16", "32"}
+    for units in finished_before:  # a finished job was trained once, never again
+        assert sum(1 for run in children if run.data.params["model.hidden_units"] == units
+                   and run.info.status == "FINISHED") == 1
+    latest = max(parents, key=lambda run: run.info.start_time)
+    assert latest.info.status == "FINISHED" and latest.data.metrics["jobs_finished"] == 3
+
+
+def test_sweep_plan_counts_jobs_from_the_command_line_and_the_experiment():
+    register_schema()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["model.hidden_units=0,32", "optimizer.learning_rate=0.1,0.2,0.3"],
+                      return_hydra_config=True)
+        assert sweep_plan(cfg) == (["model.hidden_units", "optimizer.learning_rate"], 6)
+        cfg = compose("config", overrides=["experiment=hidden_sweep"], return_hydra_config=True)
+        assert cfg.hydra.mode.name == "MULTIRUN"
+        assert sweep_plan(cfg) == (["model.hidden_units"], 5)
