@@ -71,7 +71,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), extra_tags: Mapping[str,
 
     uri = mlflow.get_tracking_uri()
     log.info("test_accuracy=%.4f test_loss=%.4f run_id=%s", results.accuracy, results.loss, active.info.run_id)
-    log.info("see it: %s", tracking.ui_command(uri))
+    log.info("see it: %s, then %s", tracking.ui_command(uri),
+             tracking.run_page(uri, active.info.experiment_id, active.info.run_id))
     return JobResult(active.info.run_id, results.accuracy, results.loss, uri)
 
 

@@ -49,20 +49,48 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
-@contextlib.contextmanager
-def mlflow_run(tracking_cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[ActiveRun]:
-    """One MLflow run that always ends: FINISHED, FAILED (error tagged, traceback logged) or KILLED."""
+def run_page(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the UI (`mlflow ui` serves on 127.0.0.1:5000 by default)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    # MLflow 3's UI starts in its GenAI views unless the link says this is model training.
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def use_store(tracking_cfg: DictConfig) -> str:
+    """Point MLflow at `tracking.uri` when set (else MLFLOW_TRACKING_URI or MLflow's default); returns it."""
     import mlflow
 
     if tracking_cfg.uri:
         mlflow.set_tracking_uri(tracking_cfg.uri)
+    return mlflow.get_tracking_uri()
+
+
+def experiment_id(tracking_cfg: DictConfig) -> str:
+    """The configured experiment's id, created (and tagged as model training) if new."""
+    import mlflow
+
+    uri = use_store(tracking_cfg)
     try:
         experiment = mlflow.set_experiment(tracking_cfg.experiment)
         if "mlflow.experimentKind" not in experiment.tags:
             mlflow.set_experiment_tags(EXPERIMENT_KIND)
-        run = mlflow.start_run(run_name=tracking_cfg.run_name, tags=dict(tags))
     except Exception as error:
-        raise TrackingError(f"cannot use MLflow store {mlflow.get_tracking_uri()}: {_first_line(error)}") from error
+        raise TrackingError(f"cannot use MLflow store {uri}: {_first_line(error)}") from error
+    return experiment.experiment_id
+
+
+@contextlib.contextmanager
+def mlflow_run(tracking_cfg: DictConfig, run_name: str | None, tags: Mapping[str, str],
+               parent_run_id: str | None = None) -> Iterator[ActiveRun]:
+    """One MLflow run that always ends: FINISHED, FAILED (error tagged, traceback logged) or KILLED."""
+    import mlflow
+
+    experiment = experiment_id(tracking_cfg)
+    try:
+        run = mlflow.start_run(experiment_id=experiment, run_name=run_name, tags=dict(tags),
+                               parent_run_id=parent_run_id)
+    except Exception as error:
+        raise TrackingError(f"cannot start a run in {mlflow.get_tracking_uri()}: {_first_line(error)}") from error
     try:
         yield run
     except KeyboardInterrupt:
@@ -75,6 +103,18 @@ def mlflow_run(tracking_cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[Ac
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+def find_finished_run(tracking_cfg: DictConfig, config_digest: str) -> str | None:
+    """The newest FINISHED run in the experiment whose config digest matches, if any."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id(tracking_cfg)],
+        filter_string=f"tags.`mnistexp.config_sha256` = '{config_digest}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
 
 
 def _first_line(error: BaseException) -> str:

@@ -115,7 +115,8 @@ def without_tensorflow_or_mlflow(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(tmp_path)}
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["model.hidden_units=100", "--cfg", "job"]])
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["model.hidden_units=100", "--cfg", "job"],
+                                  ["experiment=seed_hidden_100", "--cfg", "job"]])
 def test_help_and_cfg_never_import_tensorflow_or_mlflow(args, without_tensorflow_or_mlflow):
     done = subprocess.run([MNISTEXP, *args], env=without_tensorflow_or_mlflow, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

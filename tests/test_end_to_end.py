@@ -75,6 +75,7 @@ def test_console_reports_data_accuracy_run_id_and_how_to_open_the_ui(default_run
     assert f"test_accuracy={run.data.metrics['test_accuracy']:.4f}" in output
     assert f"run_id={run.info.run_id}" in output
     assert f"mlflow ui --backend-store-uri {default_run['uri']}" in output
+    assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning" in output
 
 
 def test_params_are_the_resolved_config_flattened(default_run, tmp_path):

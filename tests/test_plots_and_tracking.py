@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mnistexp import plots
-from mnistexp.tracking import flatten, ui_command
+from mnistexp.tracking import flatten, run_page, ui_command
 
 
 def test_confusion_heatmap_annotates_every_cell_with_its_count():
@@ -38,3 +38,9 @@ def test_flatten_makes_dotted_keys_and_keeps_lists_whole():
 def test_ui_command_for_local_and_remote_stores():
     assert ui_command("sqlite:///mlflow.db") == "mlflow ui --backend-store-uri sqlite:///mlflow.db"
     assert ui_command("http://127.0.0.1:5000") == "open http://127.0.0.1:5000"
+
+
+def test_run_page_opens_the_model_training_view():
+    assert run_page("sqlite:///mlflow.db", "1", "abc") == (
+        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning")
+    assert run_page("http://host:8080/", "2", "r").startswith("http://host:8080/#/experiments/2/runs/r?")

@@ -1,0 +1,112 @@
+"""The MLflow UI in a real browser: a sweep's children show their hidden units and test accuracy."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from .conftest import MNISTEXP
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("MNISTEXP_CHROMIUM", "/usr/bin/chromium")
+TINY = ["trainer.limit_train_samples=1000", "trainer.limit_test_samples=300", "trainer.epochs=1",
+        "trainer.verbose=0", "tracking.log_model=false"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def sweep_store(tmp_path, mnist_path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MNISTEXP_DATA"] = str(mnist_path)
+    done = subprocess.run([MNISTEXP, "-m", "model.hidden_units=0,16,32", *TINY], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def mlflow_server(sweep_store, tmp_path):
+    """`mlflow server` on a free loopback port, stopped when the test ends."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", sweep_store,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer within 90 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def test_sweep_children_appear_in_the_mlflow_ui(mlflow_server, sweep_store, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: .ci/run installs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    client = MlflowClient(sweep_store)
+    experiment = client.get_experiment_by_name("mnistexp")
+    children = [run for run in client.search_runs([experiment.experiment_id])
+                if "mlflow.parentRunId" in run.data.tags]
+    assert len(children) == 3
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                  "--no-first-run", "--disable-component-update", "--disable-sync"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            # MLflow 3.17's UI opens on its GenAI views unless told this is model training.
+            runs_page = f"{mlflow_server}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+            page.goto(runs_page)
+            parent_row = page.locator("[role=row]", has_text="sweep model.hidden_units")
+            parent_row.first.wait_for(timeout=60_000)
+            parent_row.locator("button").first.click()  # unfold the nested child runs
+            for child in children:
+                page.get_by_text(child.info.run_name, exact=True).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "experiment.png"), full_page=True)
+
+            for child in children:
+                page.goto(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}"
+                          "?workflowType=machine_learning")
+                page.get_by_text("test_accuracy", exact=True).first.wait_for(timeout=60_000)
+                page.get_by_text("model.hidden_units", exact=True).first.wait_for(timeout=30_000)
+                lines = page.inner_text("body").splitlines()
+                shown_units = lines[lines.index("model.hidden_units") + 1]
+                shown_accuracy = float(lines[lines.index("test_accuracy") + 1])
+                assert shown_units == child.data.params["model.hidden_units"]
+                assert shown_accuracy == pytest.approx(child.data.metrics["test_accuracy"], abs=1e-9)
+                page.screenshot(path=str(tmp_path / f"run_{shown_units}.png"), full_page=True)
+        finally:
+            browser.close()
+    print(f"screenshots: {tmp_path}")
