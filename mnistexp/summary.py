@@ -76,8 +76,7 @@ def to_csv(table: Sequence[Row], keys: Sequence[str]) -> str:
 
 
 def to_text(table: Sequence[Row], keys: Sequence[str]) -> str:
-    """An aligned table for the terminal; run ids shortened to 8 characters."""
-    lines = [_header(keys)] + [[cell[:8] if i == 0 else cell for i, cell in enumerate(_cells(row, keys))]
-                               for row in table]
+    """An aligned table for the terminal, full run ids so they can be pasted into `reproduce`."""
+    lines = [_header(keys)] + [_cells(row, keys) for row in table]
     widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
