@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from mnistexp.cli import CONF_DIR
 from mnistexp.config import config_digest, register_schema
@@ -161,8 +161,9 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path, mn
 def test_sweep_plan_counts_jobs_from_the_command_line_and_the_experiment():
     register_schema()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["model.hidden_units=0,32", "optimizer.learning_rate=0.1,0.2,0.3"],
-                      return_hydra_config=True)
+        cfg = compose("config", return_hydra_config=True)
+        with open_dict(cfg):  # what `mnistexp -m ...` puts there; compose() itself refuses sweeps
+            cfg.hydra.overrides.task = ["model.hidden_units=0,32", "optimizer.learning_rate=0.1,0.2,0.3", "seed=1"]
         assert sweep_plan(cfg) == (["model.hidden_units", "optimizer.learning_rate"], 6)
         cfg = compose("config", overrides=["experiment=hidden_sweep"], return_hydra_config=True)
         assert cfg.hydra.mode.name == "MULTIRUN"
