@@ -11,3 +11,11 @@ class DataError(UserError, ValueError):
 
 class TrackingError(UserError):
     """The MLflow store cannot be reached or written; the message names the URI."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; usually the learning rate is too high."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Python is so the run ends KILLED like on Ctrl-C."""

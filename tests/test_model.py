@@ -10,6 +10,7 @@ keras = pytest.importorskip("keras")  # noqa: E402  (installed with the package;
 from mnistexp import model as model_lib  # noqa: E402
 from mnistexp import train  # noqa: E402
 from mnistexp.data import Dataset  # noqa: E402
+from mnistexp.errors import TrainingDiverged  # noqa: E402
 from mnistexp.evaluate import evaluate, per_class_precision_recall  # noqa: E402
 
 
@@ -77,7 +78,7 @@ def test_nan_loss_stops_training_with_a_clear_error(compose_cfg):
     model.get_layer("output").set_weights([np.full((784, 10), np.nan, np.float32), np.zeros(10, np.float32)])
     epochs_seen = []
     spy = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs_seen.append(epoch))
-    with pytest.raises(FloatingPointError, match="NaN/inf in epoch 1"):
+    with pytest.raises(TrainingDiverged, match="NaN/inf in epoch 1"):
         train.fit(model, data, cfg.trainer, callbacks=[spy])
     assert epochs_seen == [0]  # TerminateOnNaN stopped training inside the first epoch
 
