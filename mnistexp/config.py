@@ -67,6 +67,8 @@ class TrackingConfig:
     log_model: bool = MISSING
     sample_images: int = MISSING
     skip_finished: bool = MISSING
+    http_timeout: float = MISSING
+    http_retries: int = MISSING
 
 
 @dataclass
@@ -183,6 +185,10 @@ def validate(cfg: DictConfig) -> None:
              cfg.tracking.experiment)
     _require(cfg.tracking.sample_images >= 0, "tracking.sample_images", "must be an integer >= 0",
              cfg.tracking.sample_images)
+    _require(0 < cfg.tracking.http_timeout <= 3600, "tracking.http_timeout", "must be seconds > 0 and <= 3600",
+             cfg.tracking.http_timeout)
+    _require(0 <= cfg.tracking.http_retries <= 20, "tracking.http_retries", "must be an integer 0-20",
+             cfg.tracking.http_retries)
     _require(0 <= cfg.seed < 2**32, "seed", "must be an integer between 0 and 2**32 - 1", cfg.seed)
 
 

@@ -37,6 +37,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), extra_tags: Mapping[str,
 
     from mnistexp import tracking
 
+    tracking.check_store(cfg.tracking)  # an unreachable server fails now, not after minutes of retries
     if cfg.tracking.skip_finished:
         earlier = _finished_run(cfg, digest, sweep)
         if earlier is not None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 import platform
 import subprocess
 import traceback
 import warnings
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -58,11 +60,58 @@ def run_page(uri: str, experiment_id: str, run_id: str) -> str:
 
 def use_store(tracking_cfg: DictConfig) -> str:
     """Point MLflow at `tracking.uri` when set (else MLFLOW_TRACKING_URI or MLflow's default); returns it."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(tracking_cfg.http_timeout))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(tracking_cfg.http_retries))
     import mlflow
 
     if tracking_cfg.uri:
         mlflow.set_tracking_uri(tracking_cfg.uri)
     return mlflow.get_tracking_uri()
+
+
+def check_store(tracking_cfg: DictConfig) -> str:
+    """Fail in seconds, naming the URI, if the store cannot be reached or written; returns the URI."""
+    uri = use_store(tracking_cfg)
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=tracking_cfg.http_timeout)
+        except requests.RequestException as error:
+            reason = error.__class__.__name__
+            raise TrackingError(f"cannot reach the MLflow tracking server {uri} ({reason}); start it, or fix "
+                                "tracking.uri / MLFLOW_TRACKING_URI") from error
+        return uri
+    local = _local_store_path(uri)
+    if local is not None:
+        folder = local.parent if uri.startswith("sqlite:") else local
+        while not folder.exists() and folder != folder.parent:  # MLflow creates missing folders below one
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"cannot write the MLflow store {uri}: {folder} is not a writable folder")
+    return uri
+
+
+def _local_store_path(uri: str) -> Path | None:
+    """The file (sqlite) or folder (file store) behind a local URI; None for anything remote."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    if uri.startswith("file:"):
+        return Path(urlparse(uri).path).resolve()
+    if "://" not in uri:
+        return Path(uri).expanduser().resolve()
+    return None
+
+
+def _first_use_lock(uri: str):
+    """Processes opening one new SQLite store at once race on creating its tables and experiments
+    (mlflow#4123): take turns. Other stores are left to their server."""
+    local = _local_store_path(uri)
+    if local is None or not uri.startswith("sqlite:"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(f"{local}.lock", timeout=300)
 
 
 def experiment_id(tracking_cfg: DictConfig) -> str:
@@ -71,9 +120,10 @@ def experiment_id(tracking_cfg: DictConfig) -> str:
 
     uri = use_store(tracking_cfg)
     try:
-        experiment = mlflow.set_experiment(tracking_cfg.experiment)
-        if "mlflow.experimentKind" not in experiment.tags:
-            mlflow.set_experiment_tags(EXPERIMENT_KIND)
+        with _first_use_lock(uri):
+            experiment = mlflow.set_experiment(tracking_cfg.experiment)
+            if "mlflow.experimentKind" not in experiment.tags:
+                mlflow.set_experiment_tags(EXPERIMENT_KIND)
     except Exception as error:
         raise TrackingError(f"cannot use MLflow store {uri}: {_first_line(error)}") from error
     return experiment.experiment_id
@@ -97,6 +147,7 @@ def mlflow_run(tracking_cfg: DictConfig, run_name: str | None, tags: Mapping[str
         mlflow.end_run("KILLED")
         raise
     except BaseException as error:
+        error.mlflow_run_id = run.info.run_id  # tells a sweep the failure is already on record
         mlflow.set_tag("mnistexp.error", _first_line(error)[:5000])
         mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
         mlflow.end_run("FAILED")
