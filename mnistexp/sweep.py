@@ -6,6 +6,7 @@ import atexit
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,13 @@ PARENT_RUN_ENV = "MNISTEXP_PARENT_RUN_ID"
 SWEPT_KEYS_ENV = "MNISTEXP_SWEPT_KEYS"
 SWEEP_SIZE_ENV = "MNISTEXP_SWEEP_SIZE"
 REUSED_TAG_PREFIX = "mnistexp.reused_job."
+
+_failed_jobs: list[str] = []  # filled when a sweep ends, read by the CLI for its exit status
+
+
+def failed_jobs() -> list[str]:
+    """One line per job of the last sweep that did not finish (empty after a clean sweep)."""
+    return list(_failed_jobs)
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,42 @@ class MlflowSweep(Callback):
         parent, self.parent_run_id = self.parent_run_id, None
         for name in (PARENT_RUN_ENV, SWEPT_KEYS_ENV, SWEEP_SIZE_ENV):
             os.environ.pop(name, None)
-        log.info(finish_parent_run(self.tracking_cfg, parent, self.summary_metric))
+        report, failures = finish_parent_run(self.tracking_cfg, parent, self.summary_metric)
+        log.info(report)
+        _failed_jobs[:] = failures
+        for line in failures:
+            print(f"mnistexp: error: {line}", file=sys.stderr)
+
+
+def record_failed_job(cfg: DictConfig, overrides: list[str], error: BaseException) -> None:
+    """A job that failed before its MLflow run opened (bad value, bad data) still gets a FAILED child."""
+    if getattr(error, "mlflow_run_id", None):
+        return  # the run exists and was ended FAILED with the error attached
+    context = SweepContext.from_env()
+    if context is None:
+        return
+    import traceback
+
+    from mlflow import MlflowClient
+
+    from mnistexp import tracking
+
+    try:
+        tracking.use_store(cfg.tracking)
+        client = MlflowClient()
+        parent = client.get_run(context.parent_run_id)
+        run = client.create_run(parent.info.experiment_id, run_name=context.run_name(overrides), tags={
+            "mlflow.parentRunId": context.parent_run_id,
+            "mnistexp.error": f"{error.__class__.__name__}: {error}"[:5000],
+            "mnistexp.overrides": " ".join(overrides),
+        })
+        for item in overrides:  # what was asked for, so the summary table shows the failed values
+            key, _, value = item.lstrip("+~").partition("=")
+            client.log_param(run.info.run_id, key, value)
+        client.log_text(run.info.run_id, "".join(traceback.format_exception(error)), "error/traceback.txt")
+        client.set_terminated(run.info.run_id, "FAILED")
+    except Exception as tracking_error:  # the store itself may be what failed: the one-line message stands
+        log.warning("could not record the failed job in MLflow: %s", tracking_error)
 
 
 def start_parent_run(tracking_cfg: DictConfig, name: str, tags: dict[str, str]) -> str:
@@ -122,8 +165,11 @@ def start_parent_run(tracking_cfg: DictConfig, name: str, tags: dict[str, str]) 
     return run.info.run_id
 
 
-def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, metric: str) -> str:
-    """Summarise the children on the parent (table, best run, plots) and end it; returns a report."""
+def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, metric: str) -> tuple[str, list[str]]:
+    """Summarise the children on the parent (table, best run, plots) and end it.
+
+    Returns the report and one line per child that did not finish.
+    """
     from mlflow import MlflowClient
 
     from mnistexp import plots, summary, tracking
@@ -161,4 +207,7 @@ def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, metric: str)
     report.append(summary.to_text(table, keys))
     status = "KILLED" if "KILLED" in statuses else "FAILED" if "FAILED" in statuses or not finished else "FINISHED"
     client.set_terminated(parent_run_id, status)
-    return "\n".join(report)
+    by_id = {run.info.run_id: run for run in children}
+    failures = [f"job {row.name} {row.status}: {by_id[row.run_id].data.tags.get('mnistexp.error', 'no error recorded')}"
+                for row in table if row.status in ("FAILED", "KILLED") and row.run_id in by_id]
+    return "\n".join(report), failures

@@ -1,0 +1,134 @@
+"""Bad input and faults: one clear line, a non-zero exit, and no MLflow run left RUNNING."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from .conftest import MNISTEXP
+
+TINY = ["trainer.limit_train_samples=1000", "trainer.limit_test_samples=200", "trainer.epochs=1",
+        "trainer.verbose=0", "tracking.log_model=false"]
+
+
+def all_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def assert_one_clear_line(done: subprocess.CompletedProcess, *names: str) -> None:
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("mnistexp: error: ")]
+    assert len(lines) == 1, done.stderr[-2000:]
+    for name in names:
+        assert name in lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, mnist_path) -> Path:
+    folder = tmp_path_factory.mktemp("bad_files")
+    with np.load(mnist_path) as mnist:
+        small = {key: mnist[key][:100] for key in mnist.files}
+    np.savez(folder / "wrong_keys.npz", images=small["x_train"], labels=small["y_train"])
+    np.savez(folder / "bad_labels.npz", **{**small, "y_test": small["y_test"].astype(np.int64) + 10})
+    (folder / "corrupt.npz").write_bytes(mnist_path.read_bytes()[:50_000])
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model.hidden_units=-1", "model.hidden_units"),
+        ("model.hidden_units=abc", "model.hidden_units"),
+        ("trainer.epochs=0", "trainer.epochs"),
+        ("trainer.batch_size=0", "trainer.batch_size"),
+        ("optimizer.name=nosuch", "optimizer.name"),
+        ("optimizer.learning_rate=-0.1", "optimizer.learning_rate"),
+        ("+nosuchkey=1", "nosuchkey"),
+        ("data.path=/nonexistent/x.npz", "/nonexistent/x.npz"),
+        ("data.path={files}/corrupt.npz", "corrupt.npz"),
+        ("data.path={files}/wrong_keys.npz", "wrong_keys.npz"),
+        ("data.path={files}/bad_labels.npz", "bad_labels.npz"),
+        ("tracking.uri=http://127.0.0.1:9", "http://127.0.0.1:9"),
+        ("tracking.uri=sqlite:////dev/null/store/mlflow.db", "sqlite:////dev/null/store/mlflow.db"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_run(run_cli, tmp_path, bad_files, override, named):
+    done = run_cli(*TINY, override.format(files=bad_files), check=False)
+    assert_one_clear_line(done, named)
+    assert done.returncode == 2
+    store = tmp_path / "mlflow.db"
+    assert not store.exists() or not all_runs(f"sqlite:///{store}")  # failed before a run was opened
+
+
+def test_hydras_own_errors_stay_clear(run_cli):
+    done = run_cli("nosuchkey=1", check=False)
+    assert done.returncode != 0 and "nosuchkey" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("signal_number", "exit_status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_in_epoch_two_kills_the_run_and_keeps_epoch_one(tmp_path, mnist_path, signal_number, exit_status):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MNISTEXP_DATA"] = str(mnist_path)
+    process = subprocess.Popen([MNISTEXP, "trainer.verbose=2", "trainer.limit_train_samples=30000"], cwd=tmp_path,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if line.startswith("Epoch 2/"):
+            break
+    process.send_signal(signal_number)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == exit_status, output[-2000:]
+    assert "the MLflow run was ended as KILLED" in output and "Traceback" not in output
+    [run] = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "KILLED"
+    history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run.info.run_id, "loss")
+    assert [point.step for point in history] == [0]
+
+
+def test_an_error_inside_a_run_ends_it_failed_with_the_message_and_traceback(compose_cfg, store, monkeypatch, mnist_path):
+    from mnistexp import job, train
+
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(train, "fit", broken_fit)
+    cfg = compose_cfg(f"data.path={mnist_path}", f"tracking.uri={store}", *TINY)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        job.run(cfg)
+    [run] = all_runs(store)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mnistexp.error"] == "RuntimeError: disk on fire"
+    traceback_file = MlflowClient(store).download_artifacts(run.info.run_id, "error/traceback.txt")
+    assert "broken_fit" in Path(traceback_file).read_text()
+
+
+def test_a_failed_job_does_not_stop_a_sweep(run_cli, tmp_path):
+    done = run_cli("-m", "model.hidden_units=-1,16", *TINY, check=False)
+    assert done.returncode == 1
+    failures = [line for line in done.stderr.splitlines() if line.startswith("mnistexp: error: job model.hidden_units=-1 FAILED")]
+    assert len(failures) == 1 and "must be an integer >= 0" in failures[0]
+    runs = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = next(run for run in runs if run.data.tags.get("mnistexp.sweep") == "parent")
+    statuses = {run.data.params.get("model.hidden_units"): run.info.status for run in runs if run is not parent}
+    assert statuses == {"-1": "FAILED", "16": "FINISHED"}
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs_failed"] == 1
+    assert not [run for run in runs if run.info.status == "RUNNING"]
+
+
+def test_processes_starting_together_on_a_new_store_all_succeed(tmp_path, mnist_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MNISTEXP_DATA"] = str(mnist_path)
+    processes = [subprocess.Popen([MNISTEXP, *TINY, f"seed={seed}"], cwd=tmp_path, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in range(3)]
+    errors = [process.communicate(timeout=600)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], [e[-1500:] for e in errors]
+    runs = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert sorted(run.data.params["seed"] for run in runs) == ["0", "1", "2"]
+    assert all(run.info.status == "FINISHED" for run in runs)
