@@ -18,6 +18,7 @@ ACTIVATIONS = ("relu", "sigmoid", "softmax", "tanh", "gelu", "elu", "selu", "lin
 LOSSES = ("sparse_categorical_crossentropy",)
 MAX_HIDDEN_UNITS = 65_536
 MAX_HIDDEN_LAYERS = 16
+MAX_PARAMETERS = 100_000_000  # ~1.2 GB of weights and Adam state in float32
 
 
 @dataclass
@@ -165,7 +166,10 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.preprocess.flatten, "preprocess.flatten", "must be true: the dense model takes flat vectors",
              cfg.preprocess.flatten)
 
-    hidden_layer_sizes(model.hidden_units)
+    widths = [math.prod(data.image_shape), *hidden_layer_sizes(model.hidden_units), len(data.class_names)]
+    parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
+    _require(parameters <= MAX_PARAMETERS, "model.hidden_units",
+             f"gives {parameters:,} parameters; at most {MAX_PARAMETERS:,} are allowed", model.hidden_units)
     _one_of(model.hidden_activation, "model.hidden_activation", ACTIVATIONS)
     _one_of(model.output_activation, "model.output_activation", ACTIVATIONS)
 
