@@ -16,6 +16,7 @@ from mnistexp.errors import UserError
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad")
 ACTIVATIONS = ("relu", "sigmoid", "softmax", "tanh", "gelu", "elu", "selu", "linear")
 LOSSES = ("sparse_categorical_crossentropy",)
+ENGINES = ("compiled", "keras_fit")
 MAX_HIDDEN_UNITS = 65_536
 MAX_HIDDEN_LAYERS = 16
 MAX_PARAMETERS = 100_000_000  # ~1.2 GB of weights and Adam state in float32
@@ -52,8 +53,12 @@ class OptimizerConfig:
 class TrainerConfig:
     epochs: int = MISSING
     batch_size: int = MISSING
+    eval_batch_size: int = MISSING
     loss: str = MISSING
     shuffle: bool = MISSING
+    engine: str = MISSING
+    jit_compile: bool = MISSING
+    threads: int = MISSING
     deterministic: bool = MISSING
     verbose: int = MISSING
     limit_train_samples: Optional[int] = MISSING
@@ -180,7 +185,12 @@ def validate(cfg: DictConfig) -> None:
 
     _require(trainer.epochs >= 1, "trainer.epochs", "must be an integer >= 1", trainer.epochs)
     _require(trainer.batch_size >= 1, "trainer.batch_size", "must be an integer >= 1", trainer.batch_size)
+    _require(trainer.eval_batch_size >= 1, "trainer.eval_batch_size", "must be an integer >= 1",
+             trainer.eval_batch_size)
     _one_of(trainer.loss, "trainer.loss", LOSSES)
+    _one_of(trainer.engine, "trainer.engine", ENGINES)
+    _require(0 <= trainer.threads <= 1024, "trainer.threads", "must be an integer 0-1024 (0 = one per core)",
+             trainer.threads)
     _require(trainer.verbose in (0, 1, 2), "trainer.verbose", "must be 0, 1 or 2", trainer.verbose)
     _optional_positive(trainer.limit_train_samples, "trainer.limit_train_samples")
     _optional_positive(trainer.limit_test_samples, "trainer.limit_test_samples")

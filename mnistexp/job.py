@@ -48,7 +48,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), extra_tags: Mapping[str,
 
     from mnistexp import evaluate, model as model_lib, plots, train
 
-    runtime = train.configure_runtime(cfg.seed, cfg.trainer.deterministic)
+    runtime = train.configure_runtime(cfg.seed, cfg.trainer.deterministic, cfg.trainer.threads)
     model = model_lib.build(cfg.model, cfg.preprocess, cfg.data.image_shape, len(class_names))
     train.compile_model(model, cfg.optimizer, cfg.trainer)
 
@@ -57,9 +57,10 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), extra_tags: Mapping[str,
     with tracking.mlflow_run(cfg.tracking, run_name, tags, sweep.parent_run_id if sweep else None) as active:
         tracking.log_config(cfg, overrides)
         tracking.log_data(data, cfg.data.name)
-        fitted = train.fit(model, data, cfg.trainer, callbacks=[tracking.epoch_metrics_callback()])
+        tracking.log_model_setup(model)
+        fitted = train.fit(model, data, cfg.trainer, [tracking.epoch_metrics_callback()], cfg.seed)
         tracking.log_fit(fitted.fit_seconds, fitted.samples_per_second)
-        results = evaluate.evaluate(model, data, cfg.trainer.batch_size, len(class_names))
+        results = evaluate.evaluate(model, data, cfg.trainer.eval_batch_size, len(class_names))
         model_id = tracking.log_model(model, cfg.data.image_shape) if cfg.tracking.log_model else None
         tracking.log_evaluation(results, class_names, model_id)
         for name, figure in (

@@ -61,7 +61,7 @@ def test_fit_and_evaluate_on_a_learnable_toy_problem(compose_cfg):
     cfg, model = build(compose_cfg, "trainer.epochs=3", "trainer.verbose=0", "optimizer.learning_rate=0.01")
     keras.utils.set_random_seed(cfg.seed)
     train.compile_model(model, cfg.optimizer, cfg.trainer)
-    fitted = train.fit(model, data, cfg.trainer, callbacks=[])
+    fitted = train.fit(model, data, cfg.trainer, [], cfg.seed)
     assert len(fitted.history["loss"]) == 3 and fitted.history["loss"][-1] < fitted.history["loss"][0]
     assert fitted.fit_seconds > 0 and fitted.samples_per_second > 0
     result = evaluate(model, data, batch_size=32, num_classes=10)
@@ -79,7 +79,7 @@ def test_nan_loss_stops_training_with_a_clear_error(compose_cfg):
     epochs_seen = []
     spy = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs_seen.append(epoch))
     with pytest.raises(TrainingDiverged, match="NaN/inf in epoch 1"):
-        train.fit(model, data, cfg.trainer, callbacks=[spy])
+        train.fit(model, data, cfg.trainer, [spy], cfg.seed)
     assert epochs_seen == [0]  # TerminateOnNaN stopped training inside the first epoch
 
 
@@ -89,3 +89,45 @@ def test_per_class_precision_and_recall():
     np.testing.assert_allclose(precision[:2], [3 / 4, 2 / 4])
     np.testing.assert_allclose(recall, [3 / 4, 1.0, 0.0])
     assert np.isnan(precision[2])  # class 2 was never predicted
+
+
+@pytest.mark.parametrize("train_size", [256, 250])  # 250: the last batch is smaller, as fit makes it
+def test_the_compiled_engine_makes_the_same_updates_as_keras_fit(compose_cfg, train_size):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (train_size + 50, 28, 28)).astype(np.uint8)
+    labels = rng.integers(0, 10, train_size + 50).astype(np.uint8)
+    data = Dataset(images[:train_size], labels[:train_size], images[train_size:], labels[train_size:], "toy")
+    results = {}
+    for engine in ("keras_fit", "compiled"):
+        cfg, model = build(compose_cfg, "model.hidden_units=16", "trainer.epochs=2", "trainer.verbose=0",
+                           "trainer.shuffle=false", f"trainer.engine={engine}")
+        keras.utils.set_random_seed(cfg.seed)
+        model = model_lib.build(cfg.model, cfg.preprocess, cfg.data.image_shape, 10)  # same initial weights
+        train.compile_model(model, cfg.optimizer, cfg.trainer)
+        fitted = train.fit(model, data, cfg.trainer, [], cfg.seed)
+        results[engine] = (fitted.history, model.get_weights(), int(model.optimizer.iterations.numpy()))
+    (fit_history, fit_weights, fit_steps), (our_history, our_weights, our_steps) = results.values()
+    assert our_steps == fit_steps == 2 * -(-train_size // 32)
+    np.testing.assert_allclose(our_history["loss"], fit_history["loss"], rtol=1e-4)
+    np.testing.assert_allclose(our_history["accuracy"], fit_history["accuracy"], atol=1e-6)
+    for ours, theirs in zip(our_weights, fit_weights):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-5)
+
+
+def test_the_compiled_engine_reshuffles_every_epoch_from_the_seed(compose_cfg):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (300, 28, 28)).astype(np.uint8)
+    labels = rng.integers(0, 10, 300).astype(np.uint8)
+    data = Dataset(images[:256], labels[:256], images[256:], labels[256:], "toy")
+
+    def final_weights(*overrides):
+        cfg, _ = build(compose_cfg, "trainer.epochs=2", "trainer.verbose=0", *overrides)
+        keras.utils.set_random_seed(0)
+        model = model_lib.build(cfg.model, cfg.preprocess, cfg.data.image_shape, 10)
+        train.compile_model(model, cfg.optimizer, cfg.trainer)
+        train.fit(model, data, cfg.trainer, [], cfg.seed)
+        return model.get_weights()[0]
+
+    np.testing.assert_array_equal(final_weights("seed=1"), final_weights("seed=1"))
+    assert not np.allclose(final_weights("seed=1"), final_weights("seed=2"))
+    assert not np.allclose(final_weights("seed=1"), final_weights("trainer.shuffle=false"))
