@@ -73,7 +73,7 @@ class TrackingConfig:
     log_model: bool = MISSING
     sample_images: int = MISSING
     skip_finished: bool = MISSING
-    http_timeout: float = MISSING
+    http_timeout: int = MISSING
     http_retries: int = MISSING
 
 
@@ -199,7 +199,7 @@ def validate(cfg: DictConfig) -> None:
              cfg.tracking.experiment)
     _require(cfg.tracking.sample_images >= 0, "tracking.sample_images", "must be an integer >= 0",
              cfg.tracking.sample_images)
-    _require(0 < cfg.tracking.http_timeout <= 3600, "tracking.http_timeout", "must be seconds > 0 and <= 3600",
+    _require(0 < cfg.tracking.http_timeout <= 3600, "tracking.http_timeout", "must be whole seconds, 1-3600",
              cfg.tracking.http_timeout)
     _require(0 <= cfg.tracking.http_retries <= 20, "tracking.http_retries", "must be an integer 0-20",
              cfg.tracking.http_retries)

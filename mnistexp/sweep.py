@@ -94,6 +94,7 @@ class MlflowSweep(Callback):
             "mnistexp.sweep_overrides": " ".join(config.hydra.overrides.task),
             "mnistexp.sweep_size": str(size or "?"),
         })
+        _failed_jobs.clear()
         os.environ.update({PARENT_RUN_ENV: self.parent_run_id, SWEPT_KEYS_ENV: ",".join(keys),
                            SWEEP_SIZE_ENV: str(size or "")})
         atexit.register(self._finish)
@@ -119,7 +120,7 @@ class MlflowSweep(Callback):
             os.environ.pop(name, None)
         report, failures = finish_parent_run(self.tracking_cfg, parent, self.summary_metric)
         log.info(report)
-        _failed_jobs[:] = failures
+        _failed_jobs.extend(failures)
         for line in failures:
             print(f"mnistexp: error: {line}", file=sys.stderr)
 
@@ -153,6 +154,7 @@ def record_failed_job(cfg: DictConfig, overrides: list[str], error: BaseExceptio
         client.set_terminated(run.info.run_id, "FAILED")
     except Exception as tracking_error:  # the store itself may be what failed: the one-line message stands
         log.warning("could not record the failed job in MLflow: %s", tracking_error)
+        _failed_jobs.append(f"job {context.run_name(overrides)} FAILED (not recorded in MLflow): {error}")
 
 
 def start_parent_run(tracking_cfg: DictConfig, name: str, tags: dict[str, str]) -> str:
