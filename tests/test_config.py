@@ -139,3 +139,15 @@ def test_pinned_seed_experiments(compose_cfg, name, hidden_units):
     validate(cfg)
     assert cfg.model.hidden_units == hidden_units and cfg.tracking.run_name == name
     assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.optimizer.name) == (5, 32, "adam")
+
+
+def test_the_slurm_example_composes_with_the_submitit_launcher(compose_cfg):
+    from hydra import compose, initialize_config_dir
+
+    from mnistexp.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=slurm_sweep"], return_hydra_config=True)
+    validate(compose_cfg("experiment=slurm_sweep"))
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.cpus_per_task == cfg.trainer.threads == 2

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import MNISTEXP
+from .conftest import MNISTEXP, mlflow_server
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("MNISTEXP_CHROMIUM", "/usr/bin/chromium")
 TINY = ["trainer.limit_train_samples=1000", "trainer.limit_test_samples=300", "trainer.epochs=1",
         "trainer.verbose=0", "tracking.log_model=false"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -39,35 +29,12 @@ def sweep_store(tmp_path, mnist_path) -> str:
 
 
 @pytest.fixture
-def mlflow_server(sweep_store, tmp_path):
-    """`mlflow server` on a free loopback port, stopped when the test ends."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", sweep_store,
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer within 90 s"
-            time.sleep(0.5)
+def ui_server(sweep_store, tmp_path):
+    with mlflow_server(sweep_store, tmp_path) as url:
         yield url
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
 
-def test_sweep_children_appear_in_the_mlflow_ui(mlflow_server, sweep_store, tmp_path):
+def test_sweep_children_appear_in_the_mlflow_ui(ui_server, sweep_store, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: .ci/run installs Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
@@ -87,7 +54,7 @@ def test_sweep_children_appear_in_the_mlflow_ui(mlflow_server, sweep_store, tmp_
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             # MLflow 3.17's UI opens on its GenAI views unless told this is model training.
-            runs_page = f"{mlflow_server}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+            runs_page = f"{ui_server}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
             page.goto(runs_page)
             parent_row = page.locator("[role=row]", has_text="sweep model.hidden_units")
             parent_row.first.wait_for(timeout=60_000)
@@ -97,7 +64,7 @@ def test_sweep_children_appear_in_the_mlflow_ui(mlflow_server, sweep_store, tmp_
             page.screenshot(path=str(tmp_path / "experiment.png"), full_page=True)
 
             for child in children:
-                page.goto(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}"
+                page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}"
                           "?workflowType=machine_learning")
                 page.get_by_text("test_accuracy", exact=True).first.wait_for(timeout=60_000)
                 page.get_by_text("model.hidden_units", exact=True).first.wait_for(timeout=30_000)

@@ -1,0 +1,79 @@
+"""Beyond one process: Hydra's joblib and submitit launchers, and a shared MLflow tracking server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from .conftest import MNISTEXP, mlflow_server
+
+TINY = ["trainer.limit_train_samples=1000", "trainer.limit_test_samples=200", "trainer.epochs=1",
+        "trainer.verbose=0"]
+
+
+def sweep(workdir: Path, mnist_path: Path, *args: str, tracking_uri: str | None = None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MNISTEXP_DATA"] = str(mnist_path)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    done = subprocess.run([MNISTEXP, "-m", *args, *TINY], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout + done.stderr
+
+
+def parent_and_children(uri: str):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnistexp")
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [run for run in runs if run.data.tags.get("mnistexp.sweep") == "parent"]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 1 + len(children)
+    return client, parent, children
+
+
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local"]])
+def test_launchers_keep_every_child_under_the_sweeps_parent(tmp_path, mnist_path, launcher):
+    sweep(tmp_path, mnist_path, *launcher, "model.hidden_units=0,16,32,64", "tracking.log_model=false")
+    _, parent, children = parent_and_children(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_finished"] == 4
+    assert sorted(run.data.params["model.hidden_units"] for run in children) == ["0", "16", "32", "64"]
+    assert all(run.info.status == "FINISHED" for run in children)
+    assert {run.data.tags["runtime.intra_op_threads"] for run in children} == {"1"}  # jobs do not fight over cores
+
+
+def check_server_store(url: str, artifacts: Path | None) -> None:
+    client, parent, children = parent_and_children(url)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.metrics["test_accuracy"] > 0.3
+        assert len(client.get_metric_history(child.info.run_id, "loss")) == 1
+        paths = {item.path for item in client.list_artifacts(child.info.run_id, "plots")}
+        assert paths == {"plots/confusion_matrix.png", "plots/sample_predictions.png"}
+    assert {item.path for item in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/summary.csv"}
+    if artifacts is not None:  # the server stored them in its own artifact store, not the client's disk
+        assert any(artifacts.rglob("confusion_matrix.png"))
+
+
+def test_a_sweep_against_a_tracking_server_with_sqlite(tmp_path, mnist_path):
+    artifacts = tmp_path / "server-artifacts"
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path, artifacts) as url:
+        output = sweep(tmp_path, mnist_path, "model.hidden_units=0,16", tracking_uri=url)
+        assert f"see it: open {url}" in output
+        check_server_store(url, artifacts)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_sweep_against_a_tracking_server_with_postgresql(tmp_path, mnist_path):
+    database = os.environ.get("MNISTEXP_TEST_POSTGRES_URI")
+    if not database:
+        pytest.skip("set MNISTEXP_TEST_POSTGRES_URI to an empty PostgreSQL database (.ci/run starts one)")
+    artifacts = tmp_path / "server-artifacts"
+    with mlflow_server(database, tmp_path, artifacts) as url:
+        sweep(tmp_path, mnist_path, "model.hidden_units=0,16", "tracking.experiment=mnistexp", tracking_uri=url)
+        check_server_store(url, artifacts)
