@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from mnistexp.errors import UserError
 
@@ -103,8 +104,6 @@ class ConfigError(UserError, ValueError):
 
 def _show(value: Any) -> str:
     if isinstance(value, (DictConfig, ListConfig)):
-        from omegaconf import OmegaConf
-
         value = OmegaConf.to_container(value)
     return repr(value) if isinstance(value, str) else str(value)
 
@@ -212,10 +211,6 @@ _NOT_IN_DIGEST = ("tracking", "trainer.verbose", "data.path")
 
 def config_digest(cfg: DictConfig) -> str:
     """SHA-256 of what determines a result (the data is identified by its own digest, not its path)."""
-    import hashlib
-
-    from omegaconf import OmegaConf
-
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for dotted in _NOT_IN_DIGEST:
         *parents, leaf = dotted.split(".")

@@ -37,15 +37,13 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), extra_tags: Mapping[str,
 
     from mnistexp import tracking
 
-    tracking.check_store(cfg.tracking)  # an unreachable server fails now, not after minutes of retries
+    uri = tracking.check_store(cfg.tracking)  # an unreachable server fails now, not after minutes of retries
     if cfg.tracking.skip_finished:
         earlier = _finished_run(cfg, digest, sweep)
         if earlier is not None:
             return earlier
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the console
-    import mlflow
-
     from mnistexp import evaluate, model as model_lib, plots, train
 
     runtime = train.configure_runtime(cfg.seed, cfg.trainer.deterministic, cfg.trainer.threads)
@@ -71,7 +69,6 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), extra_tags: Mapping[str,
             tracking.log_figure(figure, f"plots/{name}.png")
             plots.close(figure)
 
-    uri = mlflow.get_tracking_uri()
     log.info("test_accuracy=%.4f test_loss=%.4f run_id=%s", results.accuracy, results.loss, active.info.run_id)
     log.info("see it: %s, then %s", tracking.ui_command(uri),
              tracking.run_page(uri, active.info.experiment_id, active.info.run_id))
