@@ -50,7 +50,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), extra_tags: Mapping[str,
     model = model_lib.build(cfg.model, cfg.preprocess, cfg.data.image_shape, len(class_names))
     train.compile_model(model, cfg.optimizer, cfg.trainer)
 
-    run_name = cfg.tracking.run_name or (sweep.run_name(list(overrides)) if sweep else None)
+    run_name = cfg.tracking.run_name or (sweep.run_name(list(overrides)) if sweep else model.name)
     tags = {**tracking.environment_tags(), **runtime, "mnistexp.config_sha256": digest, **(extra_tags or {})}
     with tracking.mlflow_run(cfg.tracking, run_name, tags, sweep.parent_run_id if sweep else None) as active:
         tracking.log_config(cfg, overrides)

@@ -65,6 +65,7 @@ def test_the_default_store_is_mlflow_db_in_the_working_directory(default_run):
     assert (default_run["workdir"] / "mlflow.db").is_file()
     assert default_run["run"].info.status == "FINISHED"
     assert default_run["experiment"].tags["mlflow.experimentKind"] == "custom_model_development"
+    assert default_run["run"].info.run_name == "linear"  # model A; B is dense_100
 
 
 def test_console_reports_data_accuracy_run_id_and_how_to_open_the_ui(default_run):
