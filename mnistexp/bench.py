@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if whole:
         print(_whole_table(whole))
     report = _report(table, whole, settings, " ".join(["mnistexp-bench", *(argv or sys.argv[1:])]))
-    args.output.write_text(report)
+    args.output.write_text(report + _kept_notes(args.output))
     print(f"written: {args.output}")
     _log_to_mlflow(rows, whole, report, settings)
     return 0
@@ -147,15 +147,16 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _timed(command: list[str], cwd: Path, env: dict) -> tuple[float, int]:
-    """Wall seconds and peak resident memory (KiB) of a command, measured from a fresh wrapper."""
+def _timed(command: list[str], cwd: Path, env: dict, fails: bool = False) -> tuple[float, int]:
+    """Wall seconds and peak resident memory (KiB) of a command, measured from a fresh wrapper;
+    `fails`: the command is bad input and must exit non-zero."""
     wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
                "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode; "
                "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)")
     done = subprocess.run([sys.executable, "-c", wrapper, *command], cwd=cwd, env=env, capture_output=True,
                           text=True, check=True)
     seconds, peak, code = done.stdout.split()
-    if code != "0":
+    if (code != "0") != fails:
         raise RuntimeError(f"{' '.join(command)} exited {code}")
     return float(seconds), int(peak)
 
@@ -196,6 +197,13 @@ def _whole_run() -> dict:
         results["sweep"] = _timed([mnistexp, "-m", f"model.hidden_units={','.join(sizes)}"], workdir, env)
         separate = [_timed([mnistexp, f"model.hidden_units={size}"], workdir, env) for size in sizes]
         results["separate"] = (sum(seconds for seconds, _ in separate), max(peak for _, peak in separate))
+        sweep = ["-m", f"model.hidden_units={','.join(sizes)}"]
+        results["sweep_joblib"] = _timed([mnistexp, *sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                         workdir, env)
+        results["sweep_submitit"] = _timed([mnistexp, *sweep, "hydra/launcher=submitit_local"], workdir, env)
+        results["bad_value"] = _timed([mnistexp, "model.hidden_units=-1"], workdir, env, fails=True)
+        results["bad_file"] = _timed([mnistexp, "data.path=/nonexistent/x.npz"], workdir, env, fails=True)
+        results["bad_server"] = _timed([mnistexp, "tracking.uri=http://127.0.0.1:9"], workdir, env, fails=True)
         for name, args in (("help", ["--help"]), ("cfg", ["--cfg", "job"])):
             timings = [_timed([mnistexp, *args], workdir, env) for _ in range(3)]
             results[name] = (statistics.median(t for t, _ in timings), max(p for _, p in timings))
@@ -215,6 +223,14 @@ def _whole_table(whole: dict) -> str:
         ("`mnistexp -m model.hidden_units=0,32,64,100`", seconds("sweep"),
          f"{seconds('sweep') / seconds('separate'):.2f}x four separate runs' {seconds('separate'):.1f} s "
          "(target <= 0.6x)"),
+        ("the same sweep, `hydra/launcher=joblib hydra.launcher.n_jobs=2`", seconds("sweep_joblib"),
+         f"{seconds('sweep_joblib') / seconds('sweep'):.2f}x the basic launcher"),
+        ("the same sweep, `hydra/launcher=submitit_local`", seconds("sweep_submitit"),
+         f"{seconds('sweep_submitit') / seconds('sweep'):.2f}x the basic launcher"),
+        ("`mnistexp model.hidden_units=-1` (bad value)", seconds("bad_value"), "exits 2; target < 10 s"),
+        ("`mnistexp data.path=/nonexistent/x.npz` (missing file)", seconds("bad_file"), "exits 2; target < 10 s"),
+        ("`mnistexp tracking.uri=http://127.0.0.1:9` (no server)", seconds("bad_server"),
+         "exits 2; target < 30 s"),
         ("`mnistexp --help` (median of 3)", seconds("help"), "target <= 1.5 s"),
         ("`mnistexp --cfg job` (median of 3)", seconds("cfg"), "target <= 1.5 s"),
         ("`mnistexp` (model A): peak memory", seconds("mnistexp_a"),
@@ -256,6 +272,15 @@ def _report(table: str, whole: dict | None, settings: dict, command: str) -> str
     if whole:
         parts += ["", "## Whole commands", "", _whole_table(whole)]
     return "\n".join(parts) + "\n"
+
+
+NOTES_HEADING = "\n## Reading it"
+
+
+def _kept_notes(output: Path) -> str:
+    """A hand-written "## Reading it" section at the end of an earlier report survives a new run."""
+    earlier = output.read_text() if output.exists() else ""
+    return earlier[earlier.index(NOTES_HEADING):] if NOTES_HEADING in earlier else ""
 
 
 def _log_to_mlflow(rows: list[dict], whole: dict | None, report: str, settings: dict) -> None:

@@ -28,3 +28,12 @@ def test_quick_benchmark_writes_a_table_and_an_mlflow_run(tmp_path, mnist_path):
     client = MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("mnistexp-bench").experiment_id])
     assert run.data.metrics["mnistexp.hidden_100.fit_seconds"] > 0
+
+
+def test_a_new_report_keeps_the_hand_written_notes(tmp_path):
+    from mnistexp.bench import _kept_notes
+
+    report = tmp_path / "BENCHMARKS.md"
+    assert _kept_notes(report) == ""
+    report.write_text("# Benchmarks\n\n| table |\n\n## Reading it\n\n- why the numbers are what they are\n")
+    assert _kept_notes(report) == "\n## Reading it\n\n- why the numbers are what they are\n"
