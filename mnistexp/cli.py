@@ -34,7 +34,7 @@ def _job(cfg: DictConfig) -> float:
     except Exception as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (in_sweep or isinstance(error, UserError)):
             raise  # a bug outside a sweep: Hydra prints the traceback
-        _say(f"{'job ' + ' '.join(overrides) + ': ' if in_sweep else ''}{error}")
+        _say(f"job {' '.join(overrides)}: {error}" if in_sweep else str(error))
         if not in_sweep:
             sys.exit(2)
         # In a sweep the job is recorded FAILED and the other jobs go on; the sweep's end reports it.

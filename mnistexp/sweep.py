@@ -22,7 +22,7 @@ SWEPT_KEYS_ENV = "MNISTEXP_SWEPT_KEYS"
 SWEEP_SIZE_ENV = "MNISTEXP_SWEEP_SIZE"
 REUSED_TAG_PREFIX = "mnistexp.reused_job."
 
-_failed_jobs: list[str] = []  # filled when a sweep ends, read by the CLI for its exit status
+_failed_jobs: list[str] = []  # jobs of this sweep that did not finish; the CLI exits 1 if any
 
 
 def failed_jobs() -> list[str]:
