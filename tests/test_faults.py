@@ -132,3 +132,21 @@ def test_processes_starting_together_on_a_new_store_all_succeed(tmp_path, mnist_
     runs = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert sorted(run.data.params["seed"] for run in runs) == ["0", "1", "2"]
     assert all(run.info.status == "FINISHED" for run in runs)
+
+
+def test_the_runs_command_names_an_unreachable_store():
+    runs = str(Path(MNISTEXP).parent / "mnistexp-runs")
+    done = subprocess.run([runs, "--tracking-uri", "http://127.0.0.1:9", "compare"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "mnistexp-runs: error: cannot reach the MLflow tracking server http://127.0.0.1:9")
+
+
+def test_the_runs_command_names_a_missing_run(tmp_path):
+    runs = str(Path(MNISTEXP).parent / "mnistexp-runs")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run([runs, "--tracking-uri", store, "reproduce", "0" * 32], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"no run {'0' * 32} in {store}" in done.stderr
