@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -39,7 +39,7 @@ class PreprocessConfig:
 
 @dataclass
 class ModelConfig:
-    hidden_units: Any = MISSING  # an int or a list of ints: OmegaConf 2.3 has no Union
+    hidden_units: int | list[int] = MISSING  # 0 = no hidden layer, N = one layer, [a, b] = several
     hidden_activation: str = MISSING
     output_activation: str = MISSING
 
@@ -89,20 +89,34 @@ class MnistexpConfig:
     seed: int = MISSING
 
 
+CONFIG_MODULE = "mnistexp.conf"  # conf/ in the repository, inside the package once installed
+
+
+def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """The config `mnistexp OVERRIDES` would run (./experiments included), composed without running it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    register_schema()
+    with initialize_config_module(config_module=CONFIG_MODULE):
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
 def register_schema() -> None:
     """Make the schema available to conf/config.yaml's defaults list as `base_config`."""
-    ConfigStore.instance().store(name="base_config", node=MnistexpConfig)
+    ConfigStore.instance().store(name="base_config", node=MnistexpConfig, replace=True)
 
 
 class ConfigError(UserError, ValueError):
     """A config value that is well-typed but not allowed; the message names the key."""
 
     def __init__(self, key: str, requirement: str, value: Any):
-        super().__init__(f"{key} {requirement} (got {_show(value)})")
+        super().__init__(f"{key} {requirement} (got {show(value)})")
         self.key = key
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A config value as the error messages quote it."""
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value)
     return repr(value) if isinstance(value, str) else str(value)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import re
 import sys
 from datetime import datetime, timezone
@@ -13,10 +12,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnistexp.config import register_schema, validate
+from mnistexp.config import compose, validate
 from mnistexp.errors import UserError
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 COMPARED_METRICS = ("test_accuracy", "test_loss")
 
 
@@ -50,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     pin = commands.add_parser("pin", help="write experiments/NAME.yaml that reproduces a run")
     pin.add_argument("run_id", metavar="RUN_ID")
     pin.add_argument("name", metavar="NAME")
-    pin.add_argument("--dir", type=Path, default=EXPERIMENTS_DIR, help="where to write (default: %(default)s)")
+    pin.add_argument("--dir", type=Path, default=Path("experiments"),
+                     help="where to write (default: ./%(default)s, where `mnistexp experiment=NAME` looks first)")
     pin.add_argument("--force", action="store_true", help="overwrite an existing file")
     pin.set_defaults(handler=pin_run)
     return parser
@@ -79,13 +78,7 @@ def _get_run(client, run_id: str):
 
 def default_config() -> DictConfig:
     """conf/ composed with no overrides: the same defaults `mnistexp` starts from."""
-    from hydra import compose, initialize_config_dir
-
-    from mnistexp.cli import CONF_DIR
-
-    register_schema()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config")
+    return compose()
 
 
 def compare_runs(args: argparse.Namespace) -> int:
@@ -148,10 +141,8 @@ def reproduce_run(args: argparse.Namespace) -> int:
     cfg.tracking.skip_finished = False
 
     from mnistexp.job import run
-    from mnistexp.sweep import PARENT_RUN_ENV
 
-    os.environ.pop(PARENT_RUN_ENV, None)  # a reproduction is its own run, never a sweep child
-    result = run(cfg, overrides=[], extra_tags={"mnistexp.reproduces": args.run_id})
+    result = run(cfg, overrides=[], sweep=None, extra_tags={"mnistexp.reproduces": args.run_id})
     again = _get_run(client, result.run_id)
 
     print(f"{'metric':<16}{'original':>14}{'reproduced':>14}  same")

@@ -12,9 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-
-from mnistexp.cli import CONF_DIR
+from mnistexp.config import compose
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MNISTEXP = str(Path(sys.executable).parent / "mnistexp")  # the console script that pip installed
@@ -26,8 +24,7 @@ def compose_cfg():
     """compose_cfg("model.hidden_units=100", ...) -> the DictConfig that `mnistexp ...` would run."""
 
     def _compose(*overrides: str):
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
+        return compose(overrides)
 
     return _compose
 

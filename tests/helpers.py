@@ -1,0 +1,34 @@
+"""Helpers shared by the tests: paths, the tiny-run overrides, a clean environment, store queries."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the console scripts pip installed beside this Python
+MNISTEXP, MNISTEXP_RUNS = str(BIN / "mnistexp"), str(BIN / "mnistexp-runs")
+
+# A run of a few seconds: a slice of the data, one epoch, no progress bar, no model logged.
+TINY = ("trainer.limit_train_samples=1000", "trainer.limit_test_samples=200", "trainer.epochs=1",
+        "trainer.verbose=0", "tracking.log_model=false")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without a tracking URI of its own, plus `extra`."""
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env.update(extra)
+    return env
+
+
+def all_runs(client, experiment: str = "mnistexp") -> list:
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], max_results=10_000) if found else []
+
+
+def only_children(client, experiment: str = "mnistexp"):
+    """The one sweep parent in the experiment and its children."""
+    runs = all_runs(client, experiment)
+    [parent] = [run for run in runs if run.data.tags.get("mnistexp.sweep") == "parent"]
+    return parent, [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

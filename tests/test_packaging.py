@@ -1,0 +1,99 @@
+"""The built wheel, installed as a user installs it (no -e), run from a directory that is not the checkout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from .helpers import REPO_ROOT, TINY, clean_env, only_children
+
+def test_every_config_group_is_packaged():
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    packaged = set(pyproject["tool"]["setuptools"]["packages"])
+    conf = REPO_ROOT / "conf"
+    groups = {"mnistexp.conf." + ".".join(folder.relative_to(conf).parts) for folder in conf.rglob("*")
+              if folder.is_dir() and folder.name != "__pycache__"}
+    assert groups <= packaged, groups - packaged
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A scratch venv holding only the wheel; the dependencies come from this venv, never downloaded."""
+    scratch = tmp_path_factory.mktemp("wheel")
+    source = scratch / "source"
+    shutil.copytree(REPO_ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "mlruns", "mlflow.db*", "outputs",
+        "multirun", ".pytest_cache", ".hypothesis"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(scratch / "dist"), str(source)], check=True)
+    [wheel] = (scratch / "dist").glob("mnistexp-*.whl")
+    venv = scratch / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # This venv's packages are visible behind the wheel (a .pth line adds no editable finder).
+    [site] = venv.glob("lib/python*/site-packages")
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+                    str(wheel)], check=True)
+    return venv / "bin"
+
+
+def run(bin_dir: Path, workdir: Path, mnist_path: Path, *args: str, check: bool = True):
+    env = {**clean_env(), "MNISTEXP_DATA": str(mnist_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run([str(bin_dir / args[0]), *args[1:]], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=900)
+    if check:
+        assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_runs_from_any_directory(installed, tmp_path, mnist_path):
+    where = run(installed, tmp_path, mnist_path, "python", "-c", "import mnistexp; print(mnistexp.__file__)")
+    assert "site-packages" in where.stdout and str(REPO_ROOT) not in where.stdout  # the wheel, not the checkout
+
+    shown = run(installed, tmp_path, mnist_path, "mnistexp", "experiment=seed_hidden_100", "--cfg", "job")
+    assert "hidden_units: 100" in shown.stdout
+
+    run(installed, tmp_path, mnist_path, "mnistexp", "experiment=seed_hidden_100", *TINY)
+    run(installed, tmp_path, mnist_path, "mnistexp", "-m", "experiment=hidden_sweep", "model.hidden_units=0,16",
+        *TINY)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    parent, children = only_children(client)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    runs = client.search_runs([parent.info.experiment_id])
+    assert not any("mlflow.source.git.commit" in run.data.tags for run in runs)  # tmp_path is no checkout
+
+    compared = run(installed, tmp_path, mnist_path, "mnistexp-runs", "compare")
+    assert all(child.info.run_id in compared.stdout for child in children)
+    child = children[0]
+    run(installed, tmp_path, mnist_path, "mnistexp-runs", "reproduce", child.info.run_id)
+
+    run(installed, tmp_path, mnist_path, "mnistexp-runs", "pin", child.info.run_id, "mine")
+    assert (tmp_path / "experiments" / "mine.yaml").is_file()
+    pinned = run(installed, tmp_path, mnist_path, "mnistexp", "experiment=mine", "--cfg", "job")
+    assert f"hidden_units: {child.data.params['model.hidden_units']}" in pinned.stdout
+    assert "run_name: mine" in pinned.stdout
+
+
+@pytest.mark.slow
+def test_git_tags_come_from_the_working_directory(installed, tmp_path, mnist_path):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "notes.txt").write_text("my experiments\n")
+    subprocess.run([*git, "add", "notes.txt"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "start"], cwd=tmp_path, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    run(installed, tmp_path, mnist_path, "mnistexp", *TINY)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [only] = client.search_runs([client.get_experiment_by_name("mnistexp").experiment_id])
+    assert only.data.tags["mlflow.source.git.commit"] == commit
+    assert only.data.tags["mnistexp.git_dirty"] == "False"
