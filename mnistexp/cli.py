@@ -6,46 +6,47 @@ import math
 import os
 import signal
 import sys
-from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from mnistexp.config import register_schema, validate
-from mnistexp.errors import Terminated, UserError
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from mnistexp.config import CONFIG_MODULE, register_schema, validate
+from mnistexp.errors import SHOW_TRACEBACKS, Terminated, UserError, report
+from mnistexp.hydra_errors import explain
+from mnistexp.sweep_context import SweepContext
 
 register_schema()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", execution_whitelist=["mnistexp.*"])
 def _job(cfg: DictConfig) -> float:
-    hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    """One job. Outside a sweep a bad input ends the process (exit 2); in a sweep it becomes a FAILED
+    child and the job returns NaN, so the sweep (and an Optuna study) goes on."""
+    overrides = list(HydraConfig.get().overrides.task)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    sweep = SweepContext.from_env()  # set by the sweep's callback through hydra.job.env_set
     try:
         validate(cfg)
         from mnistexp.job import run  # TensorFlow and MLflow load only for a job that will run
 
-        return run(cfg, overrides=overrides).test_accuracy
+        return run(cfg, overrides, sweep).test_accuracy
     except Exception as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (in_sweep or isinstance(error, UserError)):
-            raise  # a bug outside a sweep: Hydra prints the traceback
-        _say(f"job {' '.join(overrides)}: {error}" if in_sweep else str(error))
+        if SHOW_TRACEBACKS or not (in_sweep or isinstance(error, UserError)):
+            raise  # a bug outside a sweep: the traceback is what helps
         if not in_sweep:
+            report(str(error))
             sys.exit(2)
-        # In a sweep the job is recorded FAILED and the other jobs go on; the sweep's end reports it.
-        from mnistexp.sweep import record_failed_job
+        report(f"job {' '.join(overrides)}: {error}")
+        if sweep is not None and not getattr(error, "mlflow_run_id", None):  # else its run already ended FAILED
+            from mnistexp import tracking
 
-        record_failed_job(cfg, overrides, error)
+            tracking.record_failed_run(cfg.tracking, sweep, overrides, error)
         return math.nan
-
-
-def _say(message: str) -> None:
-    print(f"mnistexp: error: {message}", file=sys.stderr)
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -54,15 +55,18 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them; we say them in one line
     try:
         _job()
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as error:
+        message = None if SHOW_TRACEBACKS else explain(error)
+        if message is None:
+            raise
+        report(message)
+        sys.exit(2)
     except Terminated:
-        _say("terminated (SIGTERM); the MLflow run was ended as KILLED")
+        report("terminated (SIGTERM); the MLflow run was ended as KILLED")
         sys.exit(143)
     except KeyboardInterrupt:
-        _say("interrupted; the MLflow run was ended as KILLED")
+        report("interrupted; the MLflow run was ended as KILLED")
         sys.exit(130)
-    from mnistexp.sweep import failed_jobs
-
-    if failed_jobs():
-        sys.exit(1)

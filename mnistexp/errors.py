@@ -1,5 +1,21 @@
 """Errors that mean "bad input": the CLI prints them as one line and exits non-zero."""
 
+import os
+import sys
+
+# Read when mnistexp is imported, before the CLI sets the variable for Hydra's own use.
+SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def report(message: str) -> None:
+    """One line on stderr in mnistexp's voice."""
+    print(f"mnistexp: error: {message}", file=sys.stderr)
+
 
 class UserError(Exception):
     """Something the user can fix; the message names the key, file or URI at fault."""

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from mnistexp import data as data_lib
 from mnistexp.config import config_digest
-from mnistexp.sweep import REUSED_TAG_PREFIX, SweepContext
+from mnistexp.sweep_context import REUSED_TAG_PREFIX, SweepContext
 
 log = logging.getLogger("mnistexp")
 
@@ -26,13 +26,14 @@ class JobResult:
     skipped: bool = False
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = (), extra_tags: Mapping[str, str] | None = None) -> JobResult:
+def run(cfg: DictConfig, overrides: Sequence[str] = (), sweep: SweepContext | None = None,
+        extra_tags: Mapping[str, str] | None = None) -> JobResult:
+    """Train, evaluate and log one job; `sweep` makes its run a child of the sweep's parent run."""
     class_names = list(cfg.data.class_names)
     # Data first: a missing or corrupt file fails before TensorFlow loads or a run is opened.
     data = data_lib.load(cfg.data.name, cfg.data.path, cfg.data.image_shape, len(class_names))
     data = data.limit(cfg.trainer.limit_train_samples, cfg.trainer.limit_test_samples)
     _report(data)
-    sweep = SweepContext.from_env()
     digest = hashlib.sha256(f"{config_digest(cfg)} {data.digest}".encode()).hexdigest()
 
     from mnistexp import tracking

@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 
     from mnistexp.data import Dataset
     from mnistexp.evaluate import Evaluation
+    from mnistexp.sweep_context import SweepContext
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs table
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -92,6 +92,15 @@ def check_store(tracking_cfg: DictConfig) -> str:
     return uri
 
 
+def absolute_uri() -> str:
+    """The store MLflow now uses, with a local path made absolute, so a job elsewhere finds the same one."""
+    uri = _store_uri()
+    local = _local_store_path(uri)
+    if local is None:
+        return uri
+    return f"sqlite:///{local}" if uri.startswith("sqlite:") else local.as_uri()
+
+
 def _local_store_path(uri: str) -> Path | None:
     """The file (sqlite) or folder (file store) behind a local URI; None for anything remote."""
     if uri.startswith("sqlite:///"):
@@ -140,7 +149,7 @@ def mlflow_run(tracking_cfg: DictConfig, run_name: str | None, tags: Mapping[str
         run = mlflow.start_run(experiment_id=experiment, run_name=run_name, tags=dict(tags),
                                parent_run_id=parent_run_id)
     except Exception as error:
-        raise TrackingError(f"cannot start a run in {mlflow.get_tracking_uri()}: {_first_line(error)}") from error
+        raise TrackingError(f"cannot start a run in {_store_uri()}: {_first_line(error)}") from error
     try:
         yield run
     except KeyboardInterrupt:
@@ -154,6 +163,49 @@ def mlflow_run(tracking_cfg: DictConfig, run_name: str | None, tags: Mapping[str
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+def start_parent_run(tracking_cfg: DictConfig, name: str, tags: Mapping[str, str]) -> str:
+    """A sweep's parent run, left RUNNING for its children; returns its id."""
+    from mlflow import MlflowClient
+
+    check_store(tracking_cfg)
+    experiment = experiment_id(tracking_cfg)
+    try:
+        run = MlflowClient().create_run(experiment, run_name=name, tags={**tags, **environment_tags()})
+    except Exception as error:
+        raise TrackingError(f"cannot start a run in {_store_uri()}: {_first_line(error)}") from error
+    return run.info.run_id
+
+
+def record_failed_run(tracking_cfg: DictConfig, sweep: SweepContext, overrides: Sequence[str],
+                      error: BaseException) -> None:
+    """A sweep's job that failed before its run opened (bad value, bad data) still gets a FAILED child."""
+    from mlflow import MlflowClient
+
+    use_store(tracking_cfg)
+    client = MlflowClient()
+    try:
+        parent = client.get_run(sweep.parent_run_id)
+        run = client.create_run(parent.info.experiment_id, run_name=sweep.run_name(list(overrides)), tags={
+            "mlflow.parentRunId": sweep.parent_run_id,
+            "mnistexp.error": f"{error.__class__.__name__}: {error}"[:5000],
+            "mnistexp.overrides": " ".join(overrides),
+        })
+        for item in overrides:  # what was asked for, so the summary table shows the failed values
+            key, _, value = item.lstrip("+~").partition("=")
+            client.log_param(run.info.run_id, key, value)
+        client.log_text(run.info.run_id, "".join(traceback.format_exception(error)), "error/traceback.txt")
+        client.set_terminated(run.info.run_id, "FAILED")
+    except Exception as tracking_error:
+        raise TrackingError(f"could not record the failed job in {_store_uri()}: {_first_line(tracking_error)}"
+                            ) from tracking_error
+
+
+def _store_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
 
 
 def find_finished_run(tracking_cfg: DictConfig, config_digest: str) -> str | None:
@@ -174,7 +226,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def environment_tags() -> dict[str, str]:
-    """Facts a result depends on: code version and library versions."""
+    """Facts a result depends on: library versions, and the commit of the working directory's git checkout."""
     tags = {f"versions.{package}": _version(package)
             for package in ("tensorflow", "keras", "mlflow", "hydra-core", "numpy")}
     tags["versions.python"] = platform.python_version()
@@ -194,7 +246,7 @@ def _version(package: str) -> str:
 
 def _git(*args: str) -> str:
     try:
-        done = subprocess.run(["git", "-C", str(_PROJECT_ROOT), *args], capture_output=True, text=True, timeout=5)
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)  # the user's checkout, if any
     except (OSError, subprocess.SubprocessError):
         return ""
     return done.stdout.strip() if done.returncode == 0 else ""

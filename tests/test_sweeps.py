@@ -9,12 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
-from mnistexp.cli import CONF_DIR
-from mnistexp.config import config_digest, register_schema
+from mnistexp.config import compose, config_digest
 from mnistexp.sweep import sweep_plan
 
 from .conftest import MNISTEXP
@@ -106,21 +104,21 @@ def test_reproduce_gives_identical_metrics_in_a_new_tagged_run(grid):
     assert "mlflow.parentRunId" not in again.data.tags
 
 
-def test_pin_writes_an_experiment_with_the_same_config(grid, tmp_path):
+def test_pin_writes_an_experiment_that_the_working_directory_finds_first(grid, tmp_path, monkeypatch):
     _, children = split(runs_in(grid["uri"]))
     original = children[0]
-    done = subprocess.run([RUNS, "--tracking-uri", grid["uri"], "pin", original.info.run_id, "pinned_run",
-                           "--dir", str(tmp_path / "experiment")], capture_output=True, text=True, env=grid["env"])
+    pin = [RUNS, "--tracking-uri", grid["uri"], "pin", original.info.run_id, "seed_hidden_100"]
+    done = subprocess.run(pin, capture_output=True, text=True, env=grid["env"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    register_schema()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=pinned_run", f"hydra.searchpath=[file://{tmp_path}]"])
+    assert (tmp_path / "experiments" / "seed_hidden_100.yaml").is_file()
+    monkeypatch.chdir(tmp_path)  # ./experiments/seed_hidden_100.yaml shadows the packaged one of that name
+    cfg = compose(["experiment=seed_hidden_100"])
     logged = Path(MlflowClient(grid["uri"]).download_artifacts(original.info.run_id, "config/resolved.yaml",
                                                                 str(tmp_path)))
     assert config_digest(cfg) == config_digest(OmegaConf.merge(cfg, OmegaConf.load(logged)))
-    assert cfg.tracking.run_name == "pinned_run"
-    again = subprocess.run([RUNS, "--tracking-uri", grid["uri"], "pin", original.info.run_id, "pinned_run",
-                            "--dir", str(tmp_path / "experiment")], capture_output=True, text=True, env=grid["env"])
+    assert cfg.tracking.run_name == "seed_hidden_100"
+    assert cfg.model.hidden_units == int(original.data.params["model.hidden_units"])
+    again = subprocess.run(pin, capture_output=True, text=True, env=grid["env"], cwd=tmp_path)
     assert again.returncode == 2 and "exists" in again.stderr
 
 
@@ -159,12 +157,10 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path, mn
 
 
 def test_sweep_plan_counts_jobs_from_the_command_line_and_the_experiment():
-    register_schema()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", return_hydra_config=True)
-        with open_dict(cfg):  # what `mnistexp -m ...` puts there; compose() itself refuses sweeps
-            cfg.hydra.overrides.task = ["model.hidden_units=0,32", "optimizer.learning_rate=0.1,0.2,0.3", "seed=1"]
-        assert sweep_plan(cfg) == (["model.hidden_units", "optimizer.learning_rate"], 6)
-        cfg = compose("config", overrides=["experiment=hidden_sweep"], return_hydra_config=True)
-        assert cfg.hydra.mode.name == "MULTIRUN"
-        assert sweep_plan(cfg) == (["model.hidden_units"], 5)
+    cfg = compose(return_hydra_config=True)
+    with open_dict(cfg):  # what `mnistexp -m ...` puts there; compose() itself refuses sweeps
+        cfg.hydra.overrides.task = ["model.hidden_units=0,32", "optimizer.learning_rate=0.1,0.2,0.3", "seed=1"]
+    assert sweep_plan(cfg) == (["model.hidden_units", "optimizer.learning_rate"], 6)
+    cfg = compose(["experiment=hidden_sweep"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert sweep_plan(cfg) == (["model.hidden_units"], 5)

@@ -1,0 +1,61 @@
+"""How a sweep's parent run reaches its jobs: environment variables Hydra sets in each job's process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from omegaconf import DictConfig, read_write
+
+PARENT_RUN_ENV = "MNISTEXP_PARENT_RUN_ID"
+SWEPT_KEYS_ENV = "MNISTEXP_SWEPT_KEYS"
+SWEEP_SIZE_ENV = "MNISTEXP_SWEEP_SIZE"
+DATA_ENV = "MNISTEXP_DATA"  # conf/data/mnist.yaml: data.path when set
+REUSED_TAG_PREFIX = "mnistexp.reused_job."  # parent tag: a job skipped for an earlier FINISHED run
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What a job inside a multirun knows about its sweep."""
+
+    parent_run_id: str
+    swept_keys: tuple[str, ...]
+    size: int | None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> SweepContext | None:
+        parent = environ.get(PARENT_RUN_ENV)
+        if not parent:
+            return None
+        keys = tuple(key for key in environ.get(SWEPT_KEYS_ENV, "").split(",") if key)
+        size = environ.get(SWEEP_SIZE_ENV)
+        return cls(parent, keys, int(size) if size else None)
+
+    def run_name(self, overrides: list[str]) -> str:
+        """`model.hidden_units=32`: the job's own values of the swept keys."""
+        swept = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") in self.swept_keys]
+        return ",".join(swept) or ",".join(overrides) or "job"
+
+    def hand_off(self, config: DictConfig, store_uri: str, environ: Mapping[str, str] = os.environ) -> None:
+        """Give every job of this sweep this context, whatever process or machine runs it.
+
+        Each job's config is composed again from `hydra.overrides.hydra` plus the job's own
+        overrides, and Hydra sets `hydra.job.env_set` in the job's process (the basic launcher's,
+        a joblib or Ray worker, a Slurm node) before it calls the job. The parent's store goes
+        along (a Ray cluster's workers have the environment of `ray start`, not this one's), and
+        so does MNISTEXP_DATA, which the config reads.
+        """
+        variables = {PARENT_RUN_ENV: self.parent_run_id, SWEPT_KEYS_ENV: ",".join(self.swept_keys),
+                     SWEEP_SIZE_ENV: str(self.size or ""), "MLFLOW_TRACKING_URI": store_uri}
+        if environ.get(DATA_ENV):
+            variables[DATA_ENV] = environ[DATA_ENV]
+        with read_write(config.hydra.overrides.hydra):
+            for name, value in variables.items():
+                config.hydra.overrides.hydra.append(f"+hydra.job.env_set.{name}={_quoted(value)}")
+
+
+def _quoted(value: str) -> str:
+    """A string as a quoted value in Hydra's override grammar (no interpolation, no sweep)."""
+    escaped = value.replace("'", "\\'").replace("${", "\\${")  # OmegaConf reads \${ as a literal ${
+    return f"'{escaped}'"

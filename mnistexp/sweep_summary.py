@@ -1,0 +1,66 @@
+"""The end of a sweep: its children summarised on the parent run (table, best run, plots), which is then ended."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from mnistexp.sweep_context import REUSED_TAG_PREFIX
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    report: str          # the lines to log: counts, the best run, the table
+    failures: list[str]  # one line per child that did not finish
+
+
+def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, metric: str, interrupted: bool) -> SweepOutcome:
+    """Summarise the children on the parent (table, best run, plots) and end it.
+
+    The parent ends KILLED if the sweep was interrupted or a child was killed, FAILED if a child
+    failed or none finished, else FINISHED.
+    """
+    from mlflow import MlflowClient
+
+    from mnistexp import plots, summary, tracking
+
+    tracking.use_store(tracking_cfg)
+    client = MlflowClient()
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000)
+    reused = [client.get_run(run_id) for tag, run_id in parent.data.tags.items()
+              if tag.startswith(REUSED_TAG_PREFIX)]
+    table = summary.rows([*children, *reused], metric)
+    keys = [key for key in parent.data.tags.get("mnistexp.swept_keys", "").split(",") if key]
+    keys = keys or summary.varying_keys(table)
+    client.log_text(parent_run_id, summary.to_csv(table, keys), "sweep/summary.csv")
+
+    finished = [row for row in table if row.status == "FINISHED" and not math.isnan(getattr(row, metric))]
+    statuses = [row.status for row in table]
+    client.log_metric(parent_run_id, "jobs_finished", len(finished))
+    client.log_metric(parent_run_id, "jobs_failed", statuses.count("FAILED"))
+    client.log_metric(parent_run_id, "jobs_killed", statuses.count("KILLED"))
+    report = [f"sweep {parent_run_id}: {len(finished)} finished, {statuses.count('FAILED')} failed, "
+              f"{statuses.count('KILLED')} killed"]
+    if finished:
+        best = finished[0]
+        client.log_metric(parent_run_id, f"best_{metric}", getattr(best, metric))
+        client.set_tag(parent_run_id, "mnistexp.best_run_id", best.run_id)
+        client.set_tag(parent_run_id, "mnistexp.best_run", best.name)
+        report.append(f"best: {best.name} {metric}={getattr(best, metric):.4f} (run {best.run_id})")
+        for key in keys:
+            figure = plots.metric_by_param([row.params.get(key, "?") for row in finished],
+                                           [getattr(row, metric) for row in finished], key, metric)
+            client.log_figure(parent_run_id, figure, f"sweep/{metric}_by_{key}.png")
+            plots.close(figure)
+    report.append(summary.to_text(table, keys))
+    status = ("KILLED" if interrupted or "KILLED" in statuses else
+              "FAILED" if "FAILED" in statuses or not finished else "FINISHED")
+    client.set_terminated(parent_run_id, status)
+    by_id = {run.info.run_id: run for run in children}
+    failures = [f"job {row.name} {row.status}: {by_id[row.run_id].data.tags.get('mnistexp.error', 'no error recorded')}"
+                for row in table if row.status in ("FAILED", "KILLED") and row.run_id in by_id]
+    return SweepOutcome("\n".join(report), failures)
