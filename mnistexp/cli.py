@@ -15,12 +15,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mnistexp.config import CONFIG_MODULE, register_schema, validate
+from mnistexp.config import CONFIG_MODULE, register, validate
 from mnistexp.errors import SHOW_TRACEBACKS, Terminated, UserError, report
 from mnistexp.hydra_errors import explain
 from mnistexp.sweep_context import SweepContext
 
-register_schema()
+register()
 
 
 @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", execution_whitelist=["mnistexp.*"])
@@ -34,7 +34,7 @@ def _job(cfg: DictConfig) -> float:
         validate(cfg)
         from mnistexp.job import run  # TensorFlow and MLflow load only for a job that will run
 
-        return run(cfg, overrides, sweep).test_accuracy
+        return run(cfg, overrides, sweep).objective
     except Exception as error:
         if SHOW_TRACEBACKS or not (in_sweep or isinstance(error, UserError)):
             raise  # a bug outside a sweep: the traceback is what helps
@@ -58,7 +58,7 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them; we say them in one line
     try:
         _job()
-    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as error:
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError, ValueError) as error:
         message = None if SHOW_TRACEBACKS else explain(error)
         if message is None:
             raise

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional, Sequence
+from urllib.parse import urlparse
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from mnistexp.errors import UserError
+from mnistexp.selection import EPOCH_METRICS, MODES, RUN_METRICS, Selection
 
 # Values live in conf/*.yaml; the schema only says what each key may hold.
 
@@ -29,6 +32,7 @@ class DataConfig:
     path: Optional[str] = MISSING
     image_shape: list[int] = MISSING
     class_names: list[str] = MISSING
+    validation_size: int | float = MISSING
 
 
 @dataclass
@@ -51,6 +55,16 @@ class OptimizerConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    enabled: bool = MISSING
+    monitor: str = MISSING
+    mode: str = MISSING
+    patience: int = MISSING
+    min_delta: float = MISSING
+    restore_best_weights: bool = MISSING
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = MISSING
     batch_size: int = MISSING
@@ -64,6 +78,7 @@ class TrainerConfig:
     verbose: int = MISSING
     limit_train_samples: Optional[int] = MISSING
     limit_test_samples: Optional[int] = MISSING
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
@@ -79,6 +94,12 @@ class TrackingConfig:
 
 
 @dataclass
+class SelectionConfig:
+    metric: Optional[str] = MISSING
+    mode: str = MISSING
+
+
+@dataclass
 class MnistexpConfig:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -86,6 +107,7 @@ class MnistexpConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     seed: int = MISSING
 
 
@@ -97,14 +119,35 @@ def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) ->
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    register_schema()
+    register()
     with initialize_config_module(config_module=CONFIG_MODULE):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
-def register_schema() -> None:
-    """Make the schema available to conf/config.yaml's defaults list as `base_config`."""
+def register() -> None:
+    """What conf/config.yaml refers to: the schema (`base_config`) and mnistexp's resolvers."""
     ConfigStore.instance().store(name="base_config", node=MnistexpConfig, replace=True)
+    OmegaConf.register_resolver("mnistexp.optuna_direction", optuna_direction, replace=True)
+    OmegaConf.register_resolver("mnistexp.study_storage", study_storage, replace=True)
+
+
+def optuna_direction(metric: str | None, mode: str, validation_size: int | float) -> str:
+    """`maximize` or `minimize`: the Optuna study's direction follows the selection rule."""
+    return f"{Selection.from_config(metric, mode, validation_size).mode}imize"
+
+
+def study_storage(tracking_uri: str | None) -> str:
+    """Where an Optuna study lives by default: `optuna.db` beside a local MLflow store (not in it: both
+    keep an `alembic_version` table), else `optuna.db` in the working directory. A team with a
+    tracking server gives the study a database of its own: hydra.sweeper.storage=postgresql://..."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        store = uri[len("sqlite:///"):]
+    elif uri.startswith("file:") or "://" not in uri:
+        store = urlparse(uri).path if uri.startswith("file:") else uri
+    else:
+        store = "mlflow"  # a server or database: no folder of its own here, so the working directory
+    return f"sqlite:///{os.path.join(os.path.dirname(os.path.abspath(store)), 'optuna.db')}"
 
 
 class ConfigError(UserError, ValueError):
@@ -217,16 +260,40 @@ def validate(cfg: DictConfig) -> None:
     _require(0 <= cfg.tracking.http_retries <= 20, "tracking.http_retries", "must be an integer 0-20",
              cfg.tracking.http_retries)
     _require(0 <= cfg.seed < 2**32, "seed", "must be an integer between 0 and 2**32 - 1", cfg.seed)
+    _check_validation_and_selection(cfg)
 
 
-# Keys that change where or how a run is reported, never what it computes.
-_NOT_IN_DIGEST = ("tracking", "trainer.verbose", "data.path")
+def _check_validation_and_selection(cfg: DictConfig) -> None:
+    """The validation split, early stopping and the selection rule: a val_* metric needs a split."""
+    size = cfg.data.validation_size
+    _require(size >= 0 and (isinstance(size, int) or 0 < size < 1), "data.validation_size",
+             "must be 0 (none), a count of training examples, or a fraction between 0 and 1", size)
+    stopping = cfg.trainer.early_stopping
+    _one_of(stopping.monitor, "trainer.early_stopping.monitor", EPOCH_METRICS)
+    _one_of(stopping.mode, "trainer.early_stopping.mode", MODES)
+    _require(stopping.patience >= 0, "trainer.early_stopping.patience", "must be an integer >= 0", stopping.patience)
+    _require(math.isfinite(stopping.min_delta) and stopping.min_delta >= 0, "trainer.early_stopping.min_delta",
+             "must be a number >= 0", stopping.min_delta)
+    if stopping.enabled:
+        _require(not stopping.monitor.startswith("val_") or size, "trainer.early_stopping.monitor",
+                 "needs a validation split: set data.validation_size", stopping.monitor)
+    metric = cfg.selection.metric
+    if metric is not None:
+        _one_of(metric, "selection.metric", RUN_METRICS)
+        _require(not metric.startswith("val_") or size, "selection.metric",
+                 "needs a validation split: set data.validation_size", metric)
+    _one_of(cfg.selection.mode, "selection.mode", MODES)
+
+
+# Keys that change where or how a run is reported or ranked, never what it computes: left out of the
+# config digest (tracking.skip_finished) and of the keys `mnistexp-runs compare` tells runs apart by.
+RESULT_NEUTRAL_KEYS = ("tracking", "selection", "trainer.verbose", "data.path")
 
 
 def config_digest(cfg: DictConfig) -> str:
     """SHA-256 of what determines a result (the data is identified by its own digest, not its path)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in _NOT_IN_DIGEST:
+    for dotted in RESULT_NEUTRAL_KEYS:
         *parents, leaf = dotted.split(".")
         node = resolved
         for parent in parents:

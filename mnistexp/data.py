@@ -6,16 +6,18 @@ import gzip
 import hashlib
 import struct
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from mnistexp.config import ConfigError
 from mnistexp.errors import DataError
 
-SPLITS = ("x_train", "y_train", "x_test", "y_test")
+SPLITS = ("x_train", "y_train", "x_test", "y_test")  # what a source provides
+ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")  # what a Dataset holds
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -27,37 +29,84 @@ _IDX_UBYTE = 0x08
 
 @dataclass(frozen=True)
 class Dataset:
-    """Raw uint8 images (N, H, W) and integer labels; preprocessing happens inside the model."""
+    """Raw uint8 images (N, H, W) and integer labels; preprocessing happens inside the model.
+
+    The validation split is empty until `split_validation` carves one out of the training split.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+
+    @property
+    def has_validation(self) -> bool:
+        return self.y_val is not None and len(self.y_val) > 0
 
     def limit(self, train: int | None, test: int | None) -> Dataset:
         """The first `train` / `test` examples (None keeps a split whole), for quick runs."""
-        return Dataset(self.x_train[:train], self.y_train[:train], self.x_test[:test], self.y_test[:test],
-                       self.source)
+        return replace(self, x_train=self.x_train[:train], y_train=self.y_train[:train],
+                       x_test=self.x_test[:test], y_test=self.y_test[:test])
+
+    def split_validation(self, size: int | float, seed: int) -> Dataset:
+        """Move `size` training examples (a count, or a fraction in (0, 1)) to the validation split.
+
+        A class-stratified draw seeded by `seed`: the same data and seed give the same examples,
+        and every class keeps its share of the training split.
+        """
+        if size == 0:
+            return self
+        count = round(size * len(self.y_train)) if isinstance(size, float) else size
+        if not 1 <= count < len(self.y_train):
+            raise ConfigError("data.validation_size", f"must leave 1 to {len(self.y_train) - 1} of the "
+                              f"{len(self.y_train)} training examples for validation", size)
+        chosen = stratified_sample(self.y_train, count, seed)
+        keep = np.ones(len(self.y_train), dtype=bool)
+        keep[chosen] = False
+        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep],
+                       x_val=self.x_train[chosen], y_val=self.y_train[chosen])
 
     @cached_property
     def digest(self) -> str:
-        """SHA-256 over every array's bytes: two runs on equal data have equal digests."""
+        """SHA-256 over every array's bytes, validation split included: equal data, equal digests."""
         sha = hashlib.sha256()
-        for name in SPLITS:
-            sha.update(np.ascontiguousarray(getattr(self, name)).tobytes())
+        for name in ARRAYS:
+            array = getattr(self, name)
+            if array is not None:
+                sha.update(np.ascontiguousarray(array).tobytes())
         return sha.hexdigest()
 
     def summary(self) -> dict:
+        arrays = {name: getattr(self, name) for name in ARRAYS if getattr(self, name) is not None}
         return {
             "source": self.source,
-            "shapes": {name: list(getattr(self, name).shape) for name in SPLITS},
-            "dtypes": {name: str(getattr(self, name).dtype) for name in SPLITS},
+            "shapes": {name: list(array.shape) for name, array in arrays.items()},
+            "dtypes": {name: str(array.dtype) for name, array in arrays.items()},
             "first_train_labels": self.y_train[:5].tolist(),
             "first_test_labels": self.y_test[:5].tolist(),
             "train_class_counts": np.bincount(self.y_train).tolist(),
+            "validation_size": len(self.y_val) if self.has_validation else 0,
+            "validation_class_counts": np.bincount(self.y_val).tolist() if self.has_validation else [],
             "sha256": self.digest,
         }
+
+
+def stratified_sample(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Sorted indices of `count` examples, each class's share as in `labels`, drawn with `seed`.
+
+    Quotas round by largest remainder so they add up to `count`. (scikit-learn's
+    train_test_split(stratify=...) does the same, but importing it costs seconds per run.)
+    """
+    classes, class_counts = np.unique(labels, return_counts=True)
+    exact = class_counts * count / len(labels)
+    quotas = np.floor(exact).astype(int)
+    quotas[np.argsort(quotas - exact, kind="stable")[: count - quotas.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == label))[:quota] for label, quota in zip(classes, quotas)]
+    return np.sort(np.concatenate(picked))
 
 
 def load(name: str, path: str | None, image_shape: Sequence[int], num_classes: int) -> Dataset:

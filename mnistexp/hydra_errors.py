@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import traceback
 import types
 import typing
 from dataclasses import fields, is_dataclass
@@ -20,6 +21,8 @@ _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str:
 
 def explain(error: BaseException) -> str | None:
     """The one line to print for an error raised while Hydra composes the config; None if it is not one."""
+    if isinstance(error, ValueError) and _raised_by_hydras_command_line(error):
+        return str(error)  # e.g. "Only one of --run, --multirun, --cfg, ... can be specified"
     if not isinstance(error, (ConfigCompositionException, OverrideParseException, yaml.YAMLError)):
         return None
     syntax = next((cause for cause in _chain(error) if isinstance(cause, yaml.MarkedYAMLError)), None)
@@ -41,6 +44,11 @@ def explain(error: BaseException) -> str | None:
     if cause is not None and getattr(cause, "full_key", None):
         return prefix + _bad_value(cause)
     return prefix + str(error).strip().splitlines()[0]
+
+
+def _raised_by_hydras_command_line(error: BaseException) -> bool:
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and frames[-1].name == "_run_hydra"
 
 
 def _chain(error: BaseException) -> list[BaseException]:

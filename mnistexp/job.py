@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from mnistexp import data as data_lib
 from mnistexp.config import config_digest
+from mnistexp.selection import Selection
 from mnistexp.sweep_context import REUSED_TAG_PREFIX, SweepContext
 
 log = logging.getLogger("mnistexp")
@@ -20,8 +21,8 @@ log = logging.getLogger("mnistexp")
 @dataclass(frozen=True)
 class JobResult:
     run_id: str
-    test_accuracy: float
-    test_loss: float
+    metrics: dict[str, float]  # the kept model's figures: val_*, test_*, fit_seconds, ...
+    objective: float           # the selection metric's value: what a sweep ranks and a search optimises
     tracking_uri: str
     skipped: bool = False
 
@@ -33,14 +34,16 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), sweep: SweepContext | No
     # Data first: a missing or corrupt file fails before TensorFlow loads or a run is opened.
     data = data_lib.load(cfg.data.name, cfg.data.path, cfg.data.image_shape, len(class_names))
     data = data.limit(cfg.trainer.limit_train_samples, cfg.trainer.limit_test_samples)
+    data = data.split_validation(cfg.data.validation_size, cfg.seed)
     _report(data)
+    selection = Selection.from_config(cfg.selection.metric, cfg.selection.mode, cfg.data.validation_size)
     digest = hashlib.sha256(f"{config_digest(cfg)} {data.digest}".encode()).hexdigest()
 
     from mnistexp import tracking
 
     uri = tracking.check_store(cfg.tracking)  # an unreachable server fails now, not after minutes of retries
     if cfg.tracking.skip_finished:
-        earlier = _finished_run(cfg, digest, sweep)
+        earlier = _finished_run(cfg, digest, sweep, selection)
         if earlier is not None:
             return earlier
 
@@ -52,13 +55,14 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), sweep: SweepContext | No
     train.compile_model(model, cfg.optimizer, cfg.trainer)
 
     run_name = cfg.tracking.run_name or (sweep.run_name(list(overrides)) if sweep else model.name)
-    tags = {**tracking.environment_tags(), **runtime, "mnistexp.config_sha256": digest, **(extra_tags or {})}
+    tags = {**tracking.environment_tags(), **runtime, **tracking.selection_tags(selection),
+            "mnistexp.config_sha256": digest, **(extra_tags or {})}
     with tracking.mlflow_run(cfg.tracking, run_name, tags, sweep.parent_run_id if sweep else None) as active:
         tracking.log_config(cfg, overrides)
         tracking.log_data(data, cfg.data.name)
         tracking.log_model_setup(model)
         fitted = train.fit(model, data, cfg.trainer, [tracking.epoch_metrics_callback()], cfg.seed)
-        tracking.log_fit(fitted.fit_seconds, fitted.samples_per_second)
+        tracking.log_fit(fitted)
         results = evaluate.evaluate(model, data, cfg.trainer.eval_batch_size, len(class_names))
         model_id = tracking.log_model(model, cfg.data.image_shape) if cfg.tracking.log_model else None
         tracking.log_evaluation(results, class_names, model_id)
@@ -66,17 +70,22 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), sweep: SweepContext | No
             ("confusion_matrix", plots.confusion_heatmap(results.confusion, class_names, results.accuracy)),
             ("sample_predictions", plots.sample_grid(data.x_test[: cfg.tracking.sample_images],
                                                      data.y_test, results.predictions, class_names)),
+            ("learning_curves", plots.learning_curves(fitted.history, fitted.best_epoch)),
         ):
             tracking.log_figure(figure, f"plots/{name}.png")
             plots.close(figure)
 
-    log.info("test_accuracy=%.4f test_loss=%.4f run_id=%s", results.accuracy, results.loss, active.info.run_id)
+    metrics = {**fitted.kept_metrics(), "test_loss": results.loss, "test_accuracy": results.accuracy,
+               "fit_seconds": fitted.fit_seconds, "samples_per_second": fitted.samples_per_second}
+    kept = "".join(f" {name}={metrics[name]:.4f}" for name in ("val_accuracy", "val_loss") if name in metrics)
+    log.info("test_accuracy=%.4f test_loss=%.4f%s run_id=%s", results.accuracy, results.loss, kept,
+             active.info.run_id)
     log.info("see it: %s, then %s", tracking.ui_command(uri),
              tracking.run_page(uri, active.info.experiment_id, active.info.run_id))
-    return JobResult(active.info.run_id, results.accuracy, results.loss, uri)
+    return JobResult(active.info.run_id, metrics, selection.objective(metrics), uri)
 
 
-def _finished_run(cfg: DictConfig, digest: str, sweep: SweepContext | None) -> JobResult | None:
+def _finished_run(cfg: DictConfig, digest: str, sweep: SweepContext | None, selection: Selection) -> JobResult | None:
     """With tracking.skip_finished: the earlier FINISHED run of this exact config, reported and reused."""
     import mlflow
 
@@ -85,13 +94,12 @@ def _finished_run(cfg: DictConfig, digest: str, sweep: SweepContext | None) -> J
     run_id = tracking.find_finished_run(cfg.tracking, digest)
     if run_id is None:
         return None
-    metrics = mlflow.get_run(run_id).data.metrics
+    metrics = dict(mlflow.get_run(run_id).data.metrics)
     if sweep:
         mlflow.MlflowClient().set_tag(sweep.parent_run_id, f"{REUSED_TAG_PREFIX}{digest[:16]}", run_id)
-    log.info("skipped: run %s already FINISHED with this config (test_accuracy=%.4f)",
-             run_id, metrics.get("test_accuracy", float("nan")))
-    return JobResult(run_id, metrics.get("test_accuracy", float("nan")), metrics.get("test_loss", float("nan")),
-                     mlflow.get_tracking_uri(), skipped=True)
+    log.info("skipped: run %s already FINISHED with this config (%s=%.4f)",
+             run_id, selection.metric, metrics.get(selection.metric, float("nan")))
+    return JobResult(run_id, metrics, selection.objective(metrics), mlflow.get_tracking_uri(), skipped=True)
 
 
 def _report(data: data_lib.Dataset) -> None:

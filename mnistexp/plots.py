@@ -46,6 +46,25 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
     return figure
 
 
+def learning_curves(history: dict[str, list[float]], best_epoch: int | None = None) -> Figure:
+    """Loss and accuracy per epoch, training and (with a validation split) validation."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, name in zip(axes, ("loss", "accuracy")):
+        for key, label in ((name, "training"), (f"val_{name}", "validation")):
+            if key in history:
+                epochs = np.arange(1, len(history[key]) + 1)
+                axis.plot(epochs, history[key], marker="o", label=label)
+        if best_epoch is not None:
+            axis.axvline(best_epoch + 1, color="gray", linestyle="--", label="best epoch")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(name)
+        axis.set_title(name.capitalize())
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    return figure
+
+
 def close(figure: Figure) -> None:
     plt.close(figure)
 

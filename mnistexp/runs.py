@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnistexp.config import compose, validate
 from mnistexp.errors import UserError
+from mnistexp.selection import MODES, RUN_METRICS, Selection, direction
 
 COMPARED_METRICS = ("test_accuracy", "test_loss")
 
@@ -34,10 +35,13 @@ def _parser() -> argparse.ArgumentParser:
                                                "MLflow's default, sqlite:///mlflow.db)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    compare = commands.add_parser("compare", help="a table of runs, best test accuracy first")
+    compare = commands.add_parser("compare", help="a table of runs, best first by the selection metric")
     compare.add_argument("--experiment", help="experiment name (default: tracking.experiment in conf/)")
     compare.add_argument("--parent", metavar="RUN_ID", help="only the children of this sweep's parent run")
-    compare.add_argument("--plot", metavar="FILE", type=Path, help="also write test accuracy against a key")
+    compare.add_argument("--metric", choices=RUN_METRICS,
+                         help="rank by this metric (default: the selection metric the runs were made with)")
+    compare.add_argument("--mode", choices=MODES, default="auto", help="max, min or auto (%(default)s)")
+    compare.add_argument("--plot", metavar="FILE", type=Path, help="also write the ranking metric against a key")
     compare.add_argument("--plot-key", default="model.hidden_units", help="the key for --plot (%(default)s)")
     compare.set_defaults(handler=compare_runs)
 
@@ -99,18 +103,33 @@ def compare_runs(args: argparse.Namespace) -> int:
             if run.data.tags.get("mnistexp.sweep") != "parent"]
     if not runs:
         raise UserError(f"no runs to compare in {client.tracking_uri}")
-    table = summary.rows(runs)
+    selection = _selection(runs, args.metric, args.mode)
+    table = summary.rows(runs, selection)
     keys = summary.varying_keys(table)
-    print(summary.to_text(table, keys))
+    print(summary.to_text(table, keys, selection))
     if args.plot:
-        scored = [row for row in table if not math.isnan(row.test_accuracy)]
+        scored = [row for row in table if not math.isnan(row.metric(selection.metric))]
         figure = plots.metric_by_param([row.params.get(args.plot_key, "?") for row in scored],
-                                       [row.test_accuracy for row in scored], args.plot_key, "test_accuracy")
+                                       [row.metric(selection.metric) for row in scored], args.plot_key,
+                                       selection.metric)
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(args.plot, dpi=120)
         plots.close(figure)
         print(f"plot: {args.plot}")
     return 0
+
+
+def _selection(runs: list, metric: str | None, mode: str) -> Selection:
+    """--metric if given; else the selection metric the runs were made with, which must be one."""
+    if metric:
+        return Selection(metric, direction(metric, mode))
+    chosen = {(run.data.tags.get("mnistexp.selection_metric", "test_accuracy"),
+               run.data.tags.get("mnistexp.selection_mode", "max")) for run in runs}
+    if len(chosen) > 1:
+        found = ", ".join(sorted(f"{name} ({how})" for name, how in chosen))
+        raise UserError(f"these runs were ranked by different metrics ({found}); choose one with --metric")
+    [(name, how)] = chosen
+    return Selection(name, how if mode == "auto" else mode)
 
 
 def logged_config(client, run_id: str) -> DictConfig:

@@ -1,4 +1,4 @@
-"""Tables of MLflow runs, best first: shared by sweep summaries and `mnistexp-runs compare`."""
+"""Tables of MLflow runs, best first by the selection rule: shared by sweep summaries and `mnistexp-runs compare`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-# Params that differ between runs without changing what is trained.
-NOT_SWEPT = {"tracking.run_name", "tracking.uri", "tracking.experiment", "trainer.verbose", "data.path"}
+from mnistexp.config import RESULT_NEUTRAL_KEYS
+from mnistexp.selection import Selection
+
+REPORTED = ("test_accuracy", "test_loss")  # beside the selection metric in every table
 
 
 @dataclass(frozen=True)
@@ -18,65 +20,74 @@ class Row:
     name: str
     status: str
     params: dict[str, str]
-    test_accuracy: float
-    test_loss: float
-    epochs: str
+    metrics: dict[str, float]
     seconds: float | None
 
+    def metric(self, name: str) -> float:
+        return self.metrics.get(name, math.nan)
 
-def rows(runs: Iterable[Any], metric: str = "test_accuracy") -> list[Row]:
-    """One row per MLflow run, best `metric` first; runs without it come last."""
+    @property
+    def epochs(self) -> str:
+        """Epochs trained (early stopping may end before trainer.epochs)."""
+        stopped = self.metrics.get("stopped_epoch")
+        return str(int(stopped) + 1) if stopped is not None else self.params.get("trainer.epochs", "?")
+
+
+def rows(runs: Iterable[Any], selection: Selection) -> list[Row]:
+    """One row per MLflow run, best by the selection metric first; runs without it come last."""
     table = [
         Row(
             run_id=run.info.run_id,
             name=run.info.run_name or run.info.run_id[:8],
             status=run.info.status,
             params=dict(run.data.params),
-            test_accuracy=run.data.metrics.get("test_accuracy", math.nan),
-            test_loss=run.data.metrics.get("test_loss", math.nan),
-            epochs=run.data.params.get("trainer.epochs", "?"),
+            metrics=dict(run.data.metrics),
             seconds=(run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
         )
         for run in runs
     ]
-    score = {row.run_id: getattr(row, metric) for row in table}
-    return sorted(table, key=lambda row: (math.isnan(score[row.run_id]), -_number(score[row.run_id])))
-
-
-def _number(value: float) -> float:
-    return 0.0 if math.isnan(value) else value
+    return selection.ranked(table, key=lambda row: row.metrics.get(selection.metric))
 
 
 def varying_keys(table: Sequence[Row]) -> list[str]:
     """Config keys whose values differ between the rows: what the runs were compared on."""
-    keys = sorted({key for row in table for key in row.params if "." in key and key not in NOT_SWEPT})
+    keys = sorted({key for row in table for key in row.params if "." in key and not _neutral(key)})
     return [key for key in keys if len({row.params.get(key) for row in table}) > 1]
 
 
-def _cells(row: Row, keys: Sequence[str]) -> list[str]:
+def _neutral(key: str) -> bool:
+    return any(key == neutral or key.startswith(f"{neutral}.") for neutral in RESULT_NEUTRAL_KEYS)
+
+
+def _metric_columns(selection: Selection) -> list[str]:
+    return [selection.metric, *(name for name in REPORTED if name != selection.metric)]
+
+
+def _cells(row: Row, keys: Sequence[str], selection: Selection) -> list[str]:
     seconds = f"{row.seconds:.1f}" if row.seconds is not None else "-"
     return [row.run_id, row.name, row.status, *(row.params.get(key, "-") for key in keys),
-            _fmt(row.test_accuracy), _fmt(row.test_loss), row.epochs, seconds]
+            *(_fmt(row.metric(name)) for name in _metric_columns(selection)), row.epochs, seconds]
 
 
 def _fmt(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.4f}"
 
 
-def _header(keys: Sequence[str]) -> list[str]:
-    return ["run_id", "run", "status", *keys, "test_accuracy", "test_loss", "epochs", "seconds"]
+def _header(keys: Sequence[str], selection: Selection) -> list[str]:
+    return ["run_id", "run", "status", *keys, *_metric_columns(selection), "epochs", "seconds"]
 
 
-def to_csv(table: Sequence[Row], keys: Sequence[str]) -> str:
+def to_csv(table: Sequence[Row], keys: Sequence[str], selection: Selection) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_header(keys))
-    writer.writerows(_cells(row, keys) for row in table)
+    writer.writerow(_header(keys, selection))
+    writer.writerows(_cells(row, keys, selection) for row in table)
     return buffer.getvalue()
 
 
-def to_text(table: Sequence[Row], keys: Sequence[str]) -> str:
-    """An aligned table for the terminal, full run ids so they can be pasted into `reproduce`."""
-    lines = [_header(keys)] + [_cells(row, keys) for row in table]
+def to_text(table: Sequence[Row], keys: Sequence[str], selection: Selection) -> str:
+    """An aligned table for the terminal, best first, full run ids so they can be pasted into `reproduce`."""
+    lines = [_header(keys, selection)] + [_cells(row, keys, selection) for row in table]
     widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+    body = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+    return f"ranked by {selection.describe()}\n{body}"

@@ -12,6 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mnistexp.errors import SHOW_TRACEBACKS, UserError, first_line, report
+from mnistexp.selection import Selection
 from mnistexp.sweep_context import SweepContext
 
 log = logging.getLogger("mnistexp")
@@ -45,29 +46,61 @@ class MlflowSweep(Callback):
     failure here ends the process with SystemExit instead.
     """
 
-    def __init__(self, summary_metric: str = "test_accuracy") -> None:
-        self.summary_metric = summary_metric
+    def __init__(self) -> None:
         self.parent_run_id: str | None = None
         self.tracking_cfg: DictConfig | None = None
+        self.selection: Selection | None = None
+        self.study: tuple[str, str] | None = None  # (storage, name) of an Optuna study
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mnistexp import tracking
+        from mnistexp import search, tracking
 
         keys, size = sweep_plan(config)
+        tags = {"mnistexp.sweep": "parent", "mnistexp.swept_keys": ",".join(keys),
+                "mnistexp.sweep_overrides": " ".join(config.hydra.overrides.task)}
         try:
-            self.parent_run_id = tracking.start_parent_run(config.tracking, f"sweep {' '.join(keys)}".strip(), {
-                "mnistexp.sweep": "parent",
-                "mnistexp.swept_keys": ",".join(keys),
-                "mnistexp.sweep_overrides": " ".join(config.hydra.overrides.task),
-                "mnistexp.sweep_size": str(size or "?"),
-            })
+            study = search.study_of(config) if search.is_search(config) else None
+            if study is None:
+                self.parent_run_id = tracking.start_parent_run(config.tracking, f"sweep {' '.join(keys)}".strip(),
+                                                               {**tags, "mnistexp.sweep_size": str(size or "?")})
+            else:
+                size = search.trials_to_run(study, config.hydra.sweeper.n_trials)
+                self.parent_run_id = self._study_parent(config, study, tags)
         except UserError as error:
             report(str(error))
             raise SystemExit(2) from error
         self.tracking_cfg = config.tracking
+        self.selection = Selection.from_config(config.selection.metric, config.selection.mode,
+                                               config.data.validation_size)
+        self.study = (config.hydra.sweeper.storage, config.hydra.sweeper.study_name) if study else None
         SweepContext(self.parent_run_id, tuple(keys), size).hand_off(config, tracking.absolute_uri())
         log.info("sweep over %s: %s jobs, parent run %s", ", ".join(keys) or "nothing", size or "?",
                  self.parent_run_id)
+
+    @staticmethod
+    def _study_parent(config: DictConfig, study: Any, tags: dict[str, str]) -> str:
+        """One parent run per study: a later command on the same study reopens it."""
+        from mnistexp import search, tracking
+
+        earlier = study.user_attrs.get(search.PARENT_ATTR)
+        if earlier and tracking.reopen_parent_run(config.tracking, earlier):
+            log.info("study %s continues under its parent run %s", study.study_name, earlier)
+            return earlier
+        parent = tracking.start_parent_run(config.tracking, f"study {study.study_name}", {
+            **tags, "mnistexp.study_name": study.study_name,
+            "mnistexp.study_storage": search.shown_storage(config.hydra.sweeper.storage)})
+        study.set_user_attr(search.PARENT_ATTR, parent)
+        return parent
+
+    def _log_study(self, parent: str) -> str:
+        from mlflow import MlflowClient
+
+        from mnistexp import search, tracking
+
+        tracking.use_store(self.tracking_cfg)
+        storage, name = self.study
+        study = search.open_study(storage, name, [f"{self.selection.mode}imize"])
+        return search.log_study(MlflowClient(), parent, study)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         context = SweepContext.from_env()
@@ -83,7 +116,9 @@ class MlflowSweep(Callback):
 
         in_flight = sys.exc_info()[1]  # Hydra calls this from a `finally`: an interrupt may be on its way up
         parent, self.parent_run_id = self.parent_run_id, None
-        outcome = finish_parent_run(self.tracking_cfg, parent, self.summary_metric,
+        if self.study is not None:
+            log.info(self._log_study(parent))
+        outcome = finish_parent_run(self.tracking_cfg, parent, self.selection,
                                     interrupted=isinstance(in_flight, KeyboardInterrupt))
         log.info(outcome.report)
         for line in outcome.failures:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from mnistexp.selection import Selection
 from mnistexp.sweep_context import REUSED_TAG_PREFIX
 
 
@@ -16,8 +17,9 @@ class SweepOutcome:
     failures: list[str]  # one line per child that did not finish
 
 
-def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, metric: str, interrupted: bool) -> SweepOutcome:
-    """Summarise the children on the parent (table, best run, plots) and end it.
+def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, selection: Selection,
+                      interrupted: bool) -> SweepOutcome:
+    """Summarise the children on the parent (table, best run by the selection rule, plots) and end it.
 
     The parent ends KILLED if the sweep was interrupted or a child was killed, FAILED if a child
     failed or none finished, else FINISHED.
@@ -33,12 +35,14 @@ def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, metric: str,
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000)
     reused = [client.get_run(run_id) for tag, run_id in parent.data.tags.items()
               if tag.startswith(REUSED_TAG_PREFIX)]
-    table = summary.rows([*children, *reused], metric)
+    table = summary.rows([*children, *reused], selection)
     keys = [key for key in parent.data.tags.get("mnistexp.swept_keys", "").split(",") if key]
     keys = keys or summary.varying_keys(table)
-    client.log_text(parent_run_id, summary.to_csv(table, keys), "sweep/summary.csv")
+    client.log_text(parent_run_id, summary.to_csv(table, keys, selection), "sweep/summary.csv")
+    client.set_tag(parent_run_id, "mnistexp.selection", selection.describe())
 
-    finished = [row for row in table if row.status == "FINISHED" and not math.isnan(getattr(row, metric))]
+    metric = selection.metric
+    finished = [row for row in table if row.status == "FINISHED" and not math.isnan(row.metric(metric))]
     statuses = [row.status for row in table]
     client.log_metric(parent_run_id, "jobs_finished", len(finished))
     client.log_metric(parent_run_id, "jobs_failed", statuses.count("FAILED"))
@@ -47,16 +51,21 @@ def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, metric: str,
               f"{statuses.count('KILLED')} killed"]
     if finished:
         best = finished[0]
-        client.log_metric(parent_run_id, f"best_{metric}", getattr(best, metric))
+        client.log_metric(parent_run_id, f"best_{metric}", best.metric(metric))
+        for name in summary.REPORTED:  # the chosen run's test figures, reported beside the choice
+            if name != metric and not math.isnan(best.metric(name)):
+                client.log_metric(parent_run_id, f"best_run_{name}", best.metric(name))
         client.set_tag(parent_run_id, "mnistexp.best_run_id", best.run_id)
         client.set_tag(parent_run_id, "mnistexp.best_run", best.name)
-        report.append(f"best: {best.name} {metric}={getattr(best, metric):.4f} (run {best.run_id})")
+        tested = "".join(f" {name}={best.metric(name):.4f}" for name in summary.REPORTED if name != metric)
+        report.append(f"best by {selection.describe()}: {best.name} {metric}={best.metric(metric):.4f}{tested} "
+                      f"(run {best.run_id})")
         for key in keys:
             figure = plots.metric_by_param([row.params.get(key, "?") for row in finished],
-                                           [getattr(row, metric) for row in finished], key, metric)
+                                           [row.metric(metric) for row in finished], key, metric)
             client.log_figure(parent_run_id, figure, f"sweep/{metric}_by_{key}.png")
             plots.close(figure)
-    report.append(summary.to_text(table, keys))
+    report.append(summary.to_text(table, keys, selection))
     status = ("KILLED" if interrupted or "KILLED" in statuses else
               "FAILED" if "FAILED" in statuses or not finished else "FINISHED")
     client.set_terminated(parent_run_id, status)

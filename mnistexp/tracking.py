@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from mnistexp.data import Dataset
     from mnistexp.evaluate import Evaluation
+    from mnistexp.selection import Selection
+    from mnistexp.train import FitResult
     from mnistexp.sweep_context import SweepContext
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs table
@@ -178,6 +180,23 @@ def start_parent_run(tracking_cfg: DictConfig, name: str, tags: Mapping[str, str
     return run.info.run_id
 
 
+def reopen_parent_run(tracking_cfg: DictConfig, run_id: str) -> bool:
+    """Set an earlier parent run RUNNING again for more children; False if this store has no such parent."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    use_store(tracking_cfg)
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return False
+    if run.data.tags.get("mnistexp.sweep") != "parent" or run.info.lifecycle_stage != "active":
+        return False
+    client.update_run(run_id, status="RUNNING")
+    return True
+
+
 def record_failed_run(tracking_cfg: DictConfig, sweep: SweepContext, overrides: Sequence[str],
                       error: BaseException) -> None:
     """A sweep's job that failed before its run opened (bad value, bad data) still gets a FAILED child."""
@@ -267,14 +286,17 @@ def _param(value: Any) -> Any:
 
 
 def log_data(data: Dataset, name: str) -> None:
-    """The data summary (shapes, first labels, digest) as JSON, and train/test as MLflow dataset inputs."""
+    """The data summary (shapes, first labels, split sizes, digest) as JSON, and every split as an MLflow dataset input."""
     import mlflow
     from mlflow.data import from_numpy
 
     summary = data.summary()
     mlflow.log_dict(summary, "data/summary.json")
     mlflow.set_tag("mnistexp.data_sha256", summary["sha256"])
-    for context, x, y in (("training", data.x_train, data.y_train), ("testing", data.x_test, data.y_test)):
+    splits = [("training", data.x_train, data.y_train), ("testing", data.x_test, data.y_test)]
+    if data.has_validation:
+        splits.insert(1, ("validation", data.x_val, data.y_val))
+    for context, x, y in splits:
         with warnings.catch_warnings():
             # MLflow finds two equal readings of a local path ("LocalArtifactDatasetSource") and says so.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
@@ -308,10 +330,26 @@ def log_model_setup(model: keras.Model) -> None:
     mlflow.log_text("\n".join(lines), "model_summary.txt")
 
 
-def log_fit(fit_seconds: float, samples_per_second: float) -> None:
+def log_fit(fitted: FitResult) -> None:
+    """Training time, the epochs early stopping chose, and the kept epoch's figures as the latest values.
+
+    When the weights are restored from an earlier epoch, that epoch's figures are logged once
+    more at step `stopped_epoch + 1`, as MLflow's Keras autologging does: a run's latest
+    `val_accuracy` is then its kept model's, which is what selection reads.
+    """
     import mlflow
 
-    mlflow.log_metrics({"fit_seconds": fit_seconds, "samples_per_second": samples_per_second})
+    mlflow.log_metrics({"fit_seconds": fitted.fit_seconds, "samples_per_second": fitted.samples_per_second,
+                        "stopped_epoch": fitted.stopped_epoch})
+    if fitted.best_epoch is not None:
+        mlflow.log_metric("best_epoch", fitted.best_epoch)
+    if fitted.kept_epoch != fitted.stopped_epoch:
+        mlflow.log_metrics(fitted.kept_metrics(), step=fitted.stopped_epoch + 1)
+
+
+def selection_tags(selection: Selection) -> dict[str, str]:
+    """What ranks this run among others (`mnistexp-runs compare` reads it)."""
+    return {"mnistexp.selection_metric": selection.metric, "mnistexp.selection_mode": selection.mode}
 
 
 def log_model(model: keras.Model, image_shape: Sequence[int]) -> str:

@@ -32,9 +32,16 @@ OPTIMIZER_CLASSES = {
 
 @dataclass(frozen=True)
 class FitResult:
-    history: dict[str, list[float]]  # metric name -> one value per epoch
+    history: dict[str, list[float]]  # metric name -> one value per epoch trained (val_* with a validation split)
     fit_seconds: float
     samples_per_second: float
+    stopped_epoch: int               # the last epoch trained (0-based, as Keras counts)
+    best_epoch: int | None           # early stopping's best epoch by its monitor; None without early stopping
+    kept_epoch: int                  # the epoch whose weights the model holds now (best_epoch if restored)
+
+    def kept_metrics(self) -> dict[str, float]:
+        """Every per-epoch figure of the epoch whose weights were kept."""
+        return {name: values[self.kept_epoch] for name, values in self.history.items()}
 
 
 def configure_runtime(seed: int, deterministic: bool, threads: int) -> dict[str, str]:
@@ -79,75 +86,129 @@ def fit(model: keras.Model, data: Dataset, trainer_cfg: DictConfig, callbacks: l
     """Train on the training split with the configured engine; a NaN loss stops training and raises.
 
     Both engines make the same updates: `batch_size` examples per step, the training set
-    reshuffled every epoch, the loss and metrics Keras's `fit` would compute.
+    reshuffled every epoch, the loss and metrics Keras's `fit` would compute, and with a
+    validation split `val_loss` and `val_accuracy` after every epoch. Early stopping is Keras's.
     """
-    callbacks = [keras.callbacks.TerminateOnNaN(), *callbacks]
+    early_stopping = _early_stopping(trainer_cfg.early_stopping)
+    callbacks = [keras.callbacks.TerminateOnNaN(), *([early_stopping] if early_stopping else []), *callbacks]
+    validation = (data.x_val, data.y_val) if data.has_validation else None
     with _signals_wait_for_batch_end() as stop:
         if trainer_cfg.engine == "keras_fit":
             started = time.perf_counter()
             history = model.fit(data.x_train, data.y_train, epochs=trainer_cfg.epochs,
                                 batch_size=trainer_cfg.batch_size, shuffle=trainer_cfg.shuffle,
+                                validation_data=validation, validation_batch_size=trainer_cfg.eval_batch_size,
                                 verbose=trainer_cfg.verbose, callbacks=[stop, *callbacks]).history
         else:
-            tensors = tf.constant(data.x_train), tf.constant(data.y_train.astype(np.int32))
             started = time.perf_counter()
-            history = _fit_compiled(model, tensors, trainer_cfg, [stop, *callbacks], seed)
+            history = CompiledEngine(model, data, trainer_cfg, seed).fit([stop, *callbacks])
         seconds = time.perf_counter() - started
     losses = history.get("loss", [])
     if model.stop_training and losses and not all(map(math.isfinite, losses)):
         raise TrainingDiverged(
             f"training loss became NaN/inf in epoch {len(losses)}; try a lower optimizer.learning_rate"
         )
-    samples = len(data.x_train) * len(losses)
-    return FitResult(history, seconds, samples / seconds if seconds > 0 else 0.0)
+    stopped = len(losses) - 1
+    restored = early_stopping is not None and early_stopping.restore_best_weights and early_stopping.best_weights
+    return FitResult(history, seconds, len(data.x_train) * len(losses) / seconds if seconds > 0 else 0.0,
+                     stopped_epoch=stopped, best_epoch=early_stopping.best_epoch if early_stopping else None,
+                     kept_epoch=early_stopping.best_epoch if restored else stopped)
 
 
-def _fit_compiled(model: keras.Model, tensors: tuple[tf.Tensor, tf.Tensor], trainer_cfg: DictConfig,
-                  callbacks: list[keras.callbacks.Callback], seed: int) -> dict[str, list[float]]:
-    """Whole epochs as one compiled TensorFlow loop over in-memory tensors.
+def _early_stopping(cfg: DictConfig) -> keras.callbacks.EarlyStopping | None:
+    if not cfg.enabled:
+        return None
+    return keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=cfg.mode, patience=cfg.patience,
+                                         min_delta=cfg.min_delta, restore_best_weights=cfg.restore_best_weights)
+
+
+class CompiledEngine:
+    """Epochs as compiled TensorFlow loops over the training set held in memory.
 
     `model.fit` pays Python and dispatch overhead on each of its 1,875 steps an epoch, which
-    costs more than the arithmetic of these small models. Here one `tf.function` call (XLA
-    when `trainer.jit_compile`) runs every step of an epoch; Keras callbacks still see each
-    epoch begin and end, with one batch-end call carrying the epoch's figures.
+    costs more than the arithmetic of these small models. Here a `tf.function` (XLA when
+    `trainer.jit_compile`) runs a slice of an epoch's steps per call, sized to take about
+    SLICE_SECONDS: a signal is answered at the next slice's end and the progress bar moves
+    within the epoch, while the steps are those one call over the whole epoch would make.
+    Keras callbacks see every epoch begin and end, and every slice end as a batch end.
     """
-    images, labels = tensors
-    size, batch = int(images.shape[0]), trainer_cfg.batch_size
-    full_steps, remainder = divmod(size, batch)
-    steps = full_steps + (1 if remainder else 0)
-    train_steps = _compiled_steps(model, images, labels, trainer_cfg.jit_compile)
-    shuffler = np.random.default_rng(seed)
-    callback_list = keras.callbacks.CallbackList(
-        callbacks, add_history=True, add_progbar=trainer_cfg.verbose != 0, model=model,
-        verbose=trainer_cfg.verbose, epochs=trainer_cfg.epochs, steps=steps,
-    )
-    model.stop_training = False
-    callback_list.on_train_begin()
-    logs: dict[str, float] = {}
-    for epoch in range(trainer_cfg.epochs):
-        callback_list.on_epoch_begin(epoch)
-        order = (shuffler.permutation(size) if trainer_cfg.shuffle else np.arange(size)).astype(np.int32)
-        loss_sum, correct = train_steps(order[: full_steps * batch].reshape(full_steps, batch))
+
+    SLICE_SECONDS = 0.2
+
+    def __init__(self, model: keras.Model, data: Dataset, trainer_cfg: DictConfig, seed: int) -> None:
+        self.model, self.cfg = model, trainer_cfg
+        self.images, self.labels = tf.constant(data.x_train), tf.constant(data.y_train.astype(np.int32))
+        self.train_steps = _compiled_train_steps(model, self.images, self.labels, trainer_cfg.jit_compile)
+        self.validation = None
+        if data.has_validation:
+            val_images, val_labels = tf.constant(data.x_val), tf.constant(data.y_val.astype(np.int32))
+            self.validation = (_compiled_evaluation(model, val_images, val_labels, trainer_cfg.eval_batch_size,
+                                                    trainer_cfg.jit_compile), len(data.y_val))
+        self.shuffler = np.random.default_rng(seed)
+        self.steps_per_slice = 8  # grows to SLICE_SECONDS' worth once a slice has been timed
+
+    def fit(self, callbacks: list[keras.callbacks.Callback]) -> dict[str, list[float]]:
+        size, batch = int(self.images.shape[0]), self.cfg.batch_size
+        steps = -(-size // batch)
+        callback_list = keras.callbacks.CallbackList(
+            callbacks, add_history=True, add_progbar=self.cfg.verbose != 0, model=self.model,
+            verbose=self.cfg.verbose, epochs=self.cfg.epochs, steps=steps,
+        )
+        self.model.stop_training = False
+        callback_list.on_train_begin()
+        logs: dict[str, float] = {}
+        for epoch in range(self.cfg.epochs):
+            callback_list.on_epoch_begin(epoch)
+            order = (self.shuffler.permutation(size) if self.cfg.shuffle else np.arange(size)).astype(np.int32)
+            loss_sum, correct = 0.0, 0
+            for done, slice_loss, slice_correct in self._epoch_in_slices(order, batch):
+                loss_sum, correct = loss_sum + slice_loss, correct + slice_correct
+                seen = min(done * batch, size)
+                logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
+                callback_list.on_train_batch_end(done - 1, logs)
+            if self.validation is not None:
+                evaluate, count = self.validation
+                val_loss_sum, val_correct = evaluate()
+                logs = {**logs, "val_loss": val_loss_sum / count, "val_accuracy": val_correct / count}
+            callback_list.on_epoch_end(epoch, logs)
+            if self.model.stop_training:
+                break
+        callback_list.on_train_end(logs)
+        return self.model.history.history
+
+    def _epoch_in_slices(self, order: np.ndarray, batch: int) -> Iterator[tuple[int, float, int]]:
+        """Runs the epoch's steps a slice at a time; yields (steps done, slice loss sum, slice hits)."""
+        full_steps, remainder = divmod(len(order), batch)
+        blocks = [(order[: full_steps * batch].reshape(full_steps, batch), full_steps)]
         if remainder:  # the last, smaller batch, as fit makes it
-            last_loss, last_correct = train_steps(order[full_steps * batch:].reshape(1, remainder))
-            loss_sum, correct = loss_sum + last_loss, correct + last_correct
-        logs = {"loss": float(loss_sum) / size, "accuracy": float(correct) / size}
-        callback_list.on_train_batch_end(steps - 1, logs)
-        callback_list.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    callback_list.on_train_end(logs)
-    return model.history.history
+            blocks.append((order[full_steps * batch:].reshape(1, remainder), 1))
+        done = 0
+        for block, block_steps in blocks:
+            block = tf.constant(block)
+            start = 0
+            while start < block_steps:
+                stop = min(start + self.steps_per_slice, block_steps)
+                began = time.perf_counter()
+                loss_sum, correct = self.train_steps(block, tf.constant(start), tf.constant(stop))
+                loss_sum, correct = float(loss_sum), int(correct)
+                self._resize_slices(stop - start, time.perf_counter() - began)
+                done += stop - start
+                start = stop
+                yield done, loss_sum, correct
+
+    def _resize_slices(self, steps: int, seconds: float) -> None:
+        if steps == self.steps_per_slice and seconds > 0:
+            self.steps_per_slice = max(1, min(int(steps * self.SLICE_SECONDS / seconds), 4 * steps))
 
 
-def _compiled_steps(model: keras.Model, images: tf.Tensor, labels: tf.Tensor, jit_compile: bool):
-    """A function of a [steps, batch] block of example indices that runs those optimizer steps and
-    returns the sample-weighted loss sum and the number of correct predictions."""
+def _compiled_train_steps(model: keras.Model, images: tf.Tensor, labels: tf.Tensor, jit_compile: bool):
+    """A function of a [steps, batch] block of example indices and a step range that runs those
+    optimizer steps and returns their sample-weighted loss sum and number of correct predictions."""
     optimizer, variables = model.optimizer, model.trainable_variables
     optimizer.build(variables)
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-    def train_steps(index_block: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def train_steps(index_block: tf.Tensor, start: tf.Tensor, stop: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         def step(i, loss_sum, correct):
             indices = index_block[i]
             x, y = tf.gather(images, indices), tf.gather(labels, indices)
@@ -155,16 +216,48 @@ def _compiled_steps(model: keras.Model, images: tf.Tensor, labels: tf.Tensor, ji
                 scores = model(x, training=True)
                 loss = model.compute_loss(x=x, y=y, y_pred=scores, training=True)
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            hits = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(scores, axis=1, output_type=tf.int32), y), tf.int32))
             weight = tf.cast(tf.shape(indices)[0], tf.float32)
-            return i + 1, loss_sum + loss * weight, correct + hits
+            return i + 1, loss_sum + loss * weight, correct + _hits(scores, y)
 
-        _, loss_sum, correct = tf.while_loop(
-            lambda i, *_: i < tf.shape(index_block)[0], step, (tf.constant(0), tf.constant(0.0), tf.constant(0)),
-        )
+        _, loss_sum, correct = tf.while_loop(lambda i, *_: i < stop, step, (start, tf.constant(0.0), tf.constant(0)))
         return loss_sum, correct
 
     return train_steps
+
+
+def _compiled_evaluation(model: keras.Model, images: tf.Tensor, labels: tf.Tensor, batch: int, jit_compile: bool):
+    """A function that returns the sample-weighted loss sum and the hits over a whole split,
+    `batch` examples at a time (the last batch smaller), as `model.evaluate` counts them."""
+
+    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    def evaluate_block(index_block: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def chunk(i, loss_sum, correct):
+            indices = index_block[i]
+            x, y = tf.gather(images, indices), tf.gather(labels, indices)
+            scores = model(x, training=False)
+            loss = model.compute_loss(x=x, y=y, y_pred=scores, training=False)
+            return i + 1, loss_sum + loss * tf.cast(tf.shape(indices)[0], tf.float32), correct + _hits(scores, y)
+
+        _, loss_sum, correct = tf.while_loop(lambda i, *_: i < tf.shape(index_block)[0], chunk,
+                                             (tf.constant(0), tf.constant(0.0), tf.constant(0)))
+        return loss_sum, correct
+
+    size = int(images.shape[0])
+    full, remainder = divmod(size, batch)
+    order = np.arange(size, dtype=np.int32)
+    blocks = [tf.constant(order[: full * batch].reshape(full, batch))] if full else []
+    if remainder:
+        blocks.append(tf.constant(order[full * batch:].reshape(1, remainder)))
+
+    def evaluate() -> tuple[float, int]:
+        results = [evaluate_block(block) for block in blocks]
+        return sum(float(loss) for loss, _ in results), sum(int(hits) for _, hits in results)
+
+    return evaluate
+
+
+def _hits(scores: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(scores, axis=1, output_type=tf.int32), labels), tf.int32))
 
 
 class _StopAtBatchEnd(keras.callbacks.Callback):

@@ -171,3 +171,53 @@ def test_the_shared_mnist_file_is_the_canonical_one(mnist_path):
     assert data.x_train.shape == (60000, 28, 28) and data.x_test.shape == (10000, 28, 28)
     assert data.y_train[:5].tolist() == [5, 0, 4, 1, 9] and data.y_test[:5].tolist() == [7, 2, 1, 0, 4]
     assert abs(data.x_train.mean() / 255 - 0.1307) < 1e-3
+
+
+def labelled(count: int = 1000, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(10, size=count, p=np.linspace(1, 2, 10) / np.linspace(1, 2, 10).sum()).astype(np.uint8)
+    images = rng.integers(0, 256, (count, *SHAPE), dtype=np.uint8)
+    images[:, 0, :4] = np.arange(count)[:, None].view(np.uint8).reshape(count, -1)[:, :4]  # each image unique
+    from mnistexp.data import Dataset
+
+    return Dataset(images, labels, images[:10], labels[:10], source="toy")
+
+
+@pytest.mark.parametrize("size", [200, 0.2])
+def test_the_validation_split_is_disjoint_stratified_and_seeded(size):
+    data = labelled()
+    split = data.split_validation(size, seed=7)
+    assert len(split.y_val) == 200 and len(split.y_train) == 800
+    train_rows = {image.tobytes() for image in split.x_train}
+    val_rows = {image.tobytes() for image in split.x_val}
+    assert not train_rows & val_rows and len(train_rows | val_rows) == 1000  # disjoint, nothing lost
+    share = np.bincount(data.y_train, minlength=10) / 1000
+    assert np.all(np.abs(np.bincount(split.y_val, minlength=10) - 200 * share) <= 1)  # every class its share
+    again = data.split_validation(size, seed=7)
+    np.testing.assert_array_equal(again.x_val, split.x_val)  # same data and seed, same examples
+    assert not np.array_equal(data.split_validation(size, seed=8).x_val, split.x_val)
+    assert split.summary()["validation_size"] == 200
+    assert split.summary()["validation_class_counts"] == np.bincount(split.y_val).tolist()
+
+
+def test_no_validation_split_leaves_the_training_split_whole():
+    data = labelled()
+    assert data.split_validation(0, seed=7) is data and not data.has_validation
+
+
+@pytest.mark.parametrize("size", [1000, 5000, 0.0001])
+def test_a_split_that_leaves_nothing_is_refused_by_key(size):
+    from mnistexp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.validation_size"):
+        labelled().split_validation(size, seed=1)
+
+
+def test_the_digest_is_the_sha256_of_every_array():
+    import hashlib
+
+    split = labelled().split_validation(100, seed=2)
+    expected = hashlib.sha256()
+    for array in (split.x_train, split.y_train, split.x_val, split.y_val, split.x_test, split.y_test):
+        expected.update(np.ascontiguousarray(array).tobytes())
+    assert split.digest == expected.hexdigest()

@@ -18,7 +18,7 @@ from mnistexp.tracking import flatten
 SLICE = ["trainer.limit_train_samples=3000", "trainer.limit_test_samples=1000", "trainer.epochs=2"]
 ARTIFACTS = {
     "config/resolved.yaml", "config/overrides.yaml", "data/summary.json", "evaluation/confusion_matrix.csv",
-    "plots/confusion_matrix.png", "plots/sample_predictions.png", "model_summary.txt",
+    "plots/confusion_matrix.png", "plots/sample_predictions.png", "plots/learning_curves.png", "model_summary.txt",
 }
 
 
@@ -119,14 +119,15 @@ def test_artifacts_confusion_matrix_and_data_summary(default_run, tmp_path):
     assert run.data.tags["mnistexp.data_sha256"] == summary["sha256"]
 
 
-def test_tags_record_code_and_library_versions(default_run):
+def test_tags_record_library_versions_and_the_selection_rule(default_run):
     tags = default_run["run"].data.tags
     import keras
     import tensorflow as tf
 
     assert tags["versions.tensorflow"] == tf.__version__ and tags["versions.keras"] == keras.__version__
     assert tags["versions.mlflow"] == mlflow.__version__
-    assert len(tags["mlflow.source.git.commit"]) == 40
+    assert "mlflow.source.git.commit" not in tags  # it ran in a folder that is no git checkout
+    assert (tags["mnistexp.selection_metric"], tags["mnistexp.selection_mode"]) == ("test_accuracy", "max")
 
 
 def test_logged_model_reloads_and_predicts_raw_images_at_the_logged_accuracy(default_run):

@@ -96,11 +96,12 @@ def test_the_compiled_engine_makes_the_same_updates_as_keras_fit(compose_cfg, tr
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (train_size + 50, 28, 28)).astype(np.uint8)
     labels = rng.integers(0, 10, train_size + 50).astype(np.uint8)
-    data = Dataset(images[:train_size], labels[:train_size], images[train_size:], labels[train_size:], "toy")
+    data = Dataset(images[:train_size], labels[:train_size], images[train_size:], labels[train_size:], "toy",
+                   x_val=images[train_size + 10:], y_val=labels[train_size + 10:])
     results = {}
     for engine in ("keras_fit", "compiled"):
         cfg, model = build(compose_cfg, "model.hidden_units=16", "trainer.epochs=2", "trainer.verbose=0",
-                           "trainer.shuffle=false", f"trainer.engine={engine}")
+                           "trainer.shuffle=false", f"trainer.engine={engine}", "trainer.eval_batch_size=16")
         keras.utils.set_random_seed(cfg.seed)
         model = model_lib.build(cfg.model, cfg.preprocess, cfg.data.image_shape, 10)  # same initial weights
         train.compile_model(model, cfg.optimizer, cfg.trainer)
@@ -110,6 +111,8 @@ def test_the_compiled_engine_makes_the_same_updates_as_keras_fit(compose_cfg, tr
     assert our_steps == fit_steps == 2 * -(-train_size // 32)
     np.testing.assert_allclose(our_history["loss"], fit_history["loss"], rtol=1e-4)
     np.testing.assert_allclose(our_history["accuracy"], fit_history["accuracy"], atol=1e-6)
+    np.testing.assert_allclose(our_history["val_loss"], fit_history["val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(our_history["val_accuracy"], fit_history["val_accuracy"], atol=1e-6)
     for ours, theirs in zip(our_weights, fit_weights):
         np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-5)
 
@@ -131,3 +134,28 @@ def test_the_compiled_engine_reshuffles_every_epoch_from_the_seed(compose_cfg):
     np.testing.assert_array_equal(final_weights("seed=1"), final_weights("seed=1"))
     assert not np.allclose(final_weights("seed=1"), final_weights("seed=2"))
     assert not np.allclose(final_weights("seed=1"), final_weights("trainer.shuffle=false"))
+
+
+@pytest.mark.parametrize("engine", ["compiled", "keras_fit"])
+def test_early_stopping_stops_and_keeps_the_best_weights(compose_cfg, engine):
+    # Training makes the validation loss worse from the first epoch on: its labels are shifted by one.
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 10, 700).astype(np.uint8)
+    images = rng.integers(0, 30, (700, 28, 28)).astype(np.uint8)
+    images[np.arange(700), 2 * labels] = 255
+    data = Dataset(images[:500], labels[:500], images[600:], labels[600:], "toy",
+                   x_val=images[500:600], y_val=(labels[500:600] + 1) % 10)
+    cfg, model = build(compose_cfg, "trainer.epochs=6", "trainer.verbose=0", "optimizer.learning_rate=0.01",
+                       f"trainer.engine={engine}", "data.validation_size=100", "trainer.early_stopping.enabled=true",
+                       "trainer.early_stopping.patience=1")
+    train.compile_model(model, cfg.optimizer, cfg.trainer)
+    weights_after = []
+    spy = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights_after.append(model.get_weights()))
+    fitted = train.fit(model, data, cfg.trainer, [spy], cfg.seed)
+    val_losses = fitted.history["val_loss"]
+    assert val_losses[1] > val_losses[0]  # the case works as built
+    assert (fitted.best_epoch, fitted.stopped_epoch, fitted.kept_epoch) == (0, 1, 0)
+    assert len(fitted.history["loss"]) == 2  # stopped after two of six epochs
+    for kept, after_first in zip(model.get_weights(), weights_after[0]):
+        np.testing.assert_array_equal(kept, after_first)  # restored to the end of epoch 0
+    assert fitted.kept_metrics()["val_loss"] == val_losses[0]

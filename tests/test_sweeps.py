@@ -40,8 +40,9 @@ def grid(tmp_path_factory, mnist_path):
     workdir = tmp_path_factory.mktemp("grid")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["MNISTEXP_DATA"] = str(mnist_path)
-    done = subprocess.run([MNISTEXP, "-m", "model.hidden_units=0,16", "optimizer.learning_rate=0.001,0.01", *TINY],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run([MNISTEXP, "-m", "model.hidden_units=0,16", "optimizer.learning_rate=0.001,0.01",
+                           "data.validation_size=200", *TINY], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return {"workdir": workdir, "uri": f"sqlite:///{workdir / 'mlflow.db'}", "env": env,
             "output": done.stdout + done.stderr}
@@ -60,21 +61,25 @@ def test_a_multirun_is_one_parent_with_a_nested_child_per_job(grid):
         assert f"job {number}/4: " in grid["output"]
 
 
-def test_the_parent_summarises_its_children(grid):
+def test_the_parent_summarises_its_children_chosen_on_validation(grid):
     parents, children = split(runs_in(grid["uri"]))
     parent = parents[0]
-    best = max(children, key=lambda run: run.data.metrics["test_accuracy"])
-    assert parent.data.metrics["best_test_accuracy"] == best.data.metrics["test_accuracy"]
+    best = max(children, key=lambda run: run.data.metrics["val_accuracy"])
+    assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["val_accuracy"]
+    assert parent.data.metrics["best_run_test_accuracy"] == best.data.metrics["test_accuracy"]
     assert parent.data.tags["mnistexp.best_run_id"] == best.info.run_id
+    assert parent.data.tags["mnistexp.selection"] == "val_accuracy (max)"
     assert parent.data.metrics["jobs_finished"] == 4 and parent.data.metrics["jobs_failed"] == 0
     client = MlflowClient(grid["uri"])
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "sweep")}
-    assert artifacts == {"sweep/summary.csv", "sweep/test_accuracy_by_model.hidden_units.png",
-                         "sweep/test_accuracy_by_optimizer.learning_rate.png"}
+    assert artifacts == {"sweep/summary.csv", "sweep/val_accuracy_by_model.hidden_units.png",
+                         "sweep/val_accuracy_by_optimizer.learning_rate.png"}
     table = Path(client.download_artifacts(parent.info.run_id, "sweep/summary.csv", str(grid["workdir"])))
     lines = table.read_text().splitlines()
-    assert lines[0].split(",")[3:5] == ["model.hidden_units", "optimizer.learning_rate"]
+    assert lines[0].split(",")[3:6] == ["model.hidden_units", "optimizer.learning_rate", "val_accuracy"]
     assert len(lines) == 5 and lines[1].startswith(best.info.run_id)
+    values = [float(line.split(",")[5]) for line in lines[1:]]
+    assert values == sorted(values, reverse=True)
 
 
 def test_compare_prints_the_children_best_first(grid, tmp_path):
@@ -84,10 +89,12 @@ def test_compare_prints_the_children_best_first(grid, tmp_path):
                            "--plot", str(plot)], capture_output=True, text=True, env=grid["env"])
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split()[:5] == ["run_id", "run", "status", "model.hidden_units", "optimizer.learning_rate"]
-    accuracies = [float(line.split()[5]) for line in lines[1:5]]
-    assert accuracies == sorted(accuracies, reverse=True)
-    assert accuracies[0] == pytest.approx(max(c.data.metrics["test_accuracy"] for c in children), abs=1e-4)
+    assert lines[0] == "ranked by val_accuracy (max)"
+    assert lines[1].split()[:6] == ["run_id", "run", "status", "model.hidden_units", "optimizer.learning_rate",
+                                    "val_accuracy"]
+    scores = [float(line.split()[5]) for line in lines[2:6]]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] == pytest.approx(max(c.data.metrics["val_accuracy"] for c in children), abs=1e-4)
     assert plot.stat().st_size > 1000
 
 
