@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mnistexp.config import CONFIG_MODULE, register, validate
+from mnistexp.config import CONFIG_MODULE, TrackingConfig, register, typed, validate
 from mnistexp.errors import SHOW_TRACEBACKS, Terminated, UserError, report
 from mnistexp.hydra_errors import explain
 from mnistexp.sweep_context import SweepContext
@@ -27,14 +27,15 @@ register()
 def _job(cfg: DictConfig) -> float:
     """One job. Outside a sweep a bad input ends the process (exit 2); in a sweep it becomes a FAILED
     child and the job returns NaN, so the sweep (and an Optuna study) goes on."""
-    overrides = list(HydraConfig.get().overrides.task)
-    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     sweep = SweepContext.from_env()  # set by the sweep's callback through hydra.job.env_set
     try:
-        validate(cfg)
+        config = validate(cfg)
         from mnistexp.job import run  # TensorFlow and MLflow load only for a job that will run
 
-        return run(cfg, overrides, sweep).objective
+        return run(config, overrides, sweep, verbose=bool(hydra_cfg.verbose)).objective
     except Exception as error:
         if SHOW_TRACEBACKS or not (in_sweep or isinstance(error, UserError)):
             raise  # a bug outside a sweep: the traceback is what helps
@@ -42,10 +43,10 @@ def _job(cfg: DictConfig) -> float:
             report(str(error))
             sys.exit(2)
         report(f"job {' '.join(overrides)}: {error}")
-        if sweep is not None and not getattr(error, "mlflow_run_id", None):  # else its run already ended FAILED
-            from mnistexp import tracking
+        from mnistexp import tracking
 
-            tracking.record_failed_run(cfg.tracking, sweep, overrides, error)
+        if sweep is not None and not getattr(error, tracking.RECORDED_IN_RUN, None):  # else its run ended FAILED
+            tracking.record_failed_run(typed(cfg.tracking, TrackingConfig), sweep, overrides, error)
         return math.nan
 
 

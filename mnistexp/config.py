@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from hydra.core.config_store import ConfigStore
@@ -17,7 +20,17 @@ from mnistexp.selection import EPOCH_METRICS, MODES, RUN_METRICS, Selection
 
 # Values live in conf/*.yaml; the schema only says what each key may hold.
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam", "adagrad")
+Node = TypeVar("Node")
+
+# optimizer.name -> its class in keras.optimizers: the one list of optimizers
+OPTIMIZERS = {
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "sgd": "SGD",
+    "rmsprop": "RMSprop",
+    "nadam": "Nadam",
+    "adagrad": "Adagrad",
+}
 ACTIVATIONS = ("relu", "sigmoid", "softmax", "tanh", "gelu", "elu", "selu", "linear")
 LOSSES = ("sparse_categorical_crossentropy",)
 ENGINES = ("compiled", "keras_fit")
@@ -29,7 +42,7 @@ MAX_PARAMETERS = 100_000_000  # ~1.2 GB of weights and Adam state in float32
 @dataclass
 class DataConfig:
     name: str = MISSING
-    path: Optional[str] = MISSING
+    path: str | None = MISSING
     image_shape: list[int] = MISSING
     class_names: list[str] = MISSING
     validation_size: int | float = MISSING
@@ -38,7 +51,6 @@ class DataConfig:
 @dataclass
 class PreprocessConfig:
     scale: bool = MISSING
-    flatten: bool = MISSING
 
 
 @dataclass
@@ -76,16 +88,16 @@ class TrainerConfig:
     threads: int = MISSING
     deterministic: bool = MISSING
     verbose: int = MISSING
-    limit_train_samples: Optional[int] = MISSING
-    limit_test_samples: Optional[int] = MISSING
+    limit_train_samples: int | None = MISSING
+    limit_test_samples: int | None = MISSING
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = MISSING
+    uri: str | None = MISSING
     experiment: str = MISSING
-    run_name: Optional[str] = MISSING
+    run_name: str | None = MISSING
     log_model: bool = MISSING
     sample_images: int = MISSING
     skip_finished: bool = MISSING
@@ -95,7 +107,7 @@ class TrackingConfig:
 
 @dataclass
 class SelectionConfig:
-    metric: Optional[str] = MISSING
+    metric: str | None = MISSING
     mode: str = MISSING
 
 
@@ -142,7 +154,7 @@ def study_storage(tracking_uri: str | None) -> str:
     tracking server gives the study a database of its own: hydra.sweeper.storage=postgresql://..."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///"):
-        store = uri[len("sqlite:///"):]
+        store = uri[len("sqlite:///") :]
     elif uri.startswith("file:") or "://" not in uri:
         store = urlparse(uri).path if uri.startswith("file:") else uri
     else:
@@ -195,7 +207,7 @@ def _require(ok: bool, key: str, requirement: str, value: Any) -> None:
         raise ConfigError(key, requirement, value)
 
 
-def _one_of(value: Any, key: str, allowed: tuple[str, ...]) -> None:
+def _one_of(value: Any, key: str, allowed: Iterable[str]) -> None:
     _require(value in allowed, key, f"must be one of {', '.join(allowed)}", value)
 
 
@@ -206,83 +218,122 @@ def _optional_positive(value: Any, key: str) -> None:
 def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
     """Hydra's `+key=value` can add keys the schema does not know; a typo must not pass silently."""
     known = {item.name: item for item in fields(schema)}
-    for key in node.keys():
+    for key in node:
         if key not in known:
-            raise ConfigError(f"{prefix}{key}", "is not a known key (`mnistexp --cfg job` lists them)", node[key])
+            raise ConfigError(f"{prefix}{key!s}", "is not a known key (`mnistexp --cfg job` lists them)", node[key])
         nested = known[key].default_factory
         if is_dataclass(nested) and isinstance(node[key], DictConfig):
             _reject_unknown_keys(node[key], nested, f"{prefix}{key}.")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check values the schema's types cannot express. Raises ConfigError naming the first bad key."""
+def validate(cfg: DictConfig) -> MnistexpConfig:
+    """The config as the typed schema object every module takes, once its values pass the checks the
+    schema's types cannot express. Raises ConfigError naming the first bad key."""
     _reject_unknown_keys(cfg, MnistexpConfig)
-    data, model, trainer = cfg.data, cfg.model, cfg.trainer
+    config = typed(cfg, MnistexpConfig)
+    data, model, trainer = config.data, config.model, config.trainer
 
     _require(
         len(data.image_shape) == 2 and all(side >= 1 for side in data.image_shape),
-        "data.image_shape", "must be two positive integers (height, width)", data.image_shape,
+        "data.image_shape",
+        "must be two positive integers (height, width)",
+        data.image_shape,
     )
     _require(len(data.class_names) >= 2, "data.class_names", "must name at least two classes", data.class_names)
-    _require(cfg.preprocess.flatten, "preprocess.flatten", "must be true: the dense model takes flat vectors",
-             cfg.preprocess.flatten)
 
     widths = [math.prod(data.image_shape), *hidden_layer_sizes(model.hidden_units), len(data.class_names)]
-    parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
-    _require(parameters <= MAX_PARAMETERS, "model.hidden_units",
-             f"gives {parameters:,} parameters; at most {MAX_PARAMETERS:,} are allowed", model.hidden_units)
+    parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
+    _require(
+        parameters <= MAX_PARAMETERS,
+        "model.hidden_units",
+        f"gives {parameters:,} parameters; at most {MAX_PARAMETERS:,} are allowed",
+        model.hidden_units,
+    )
     _one_of(model.hidden_activation, "model.hidden_activation", ACTIVATIONS)
     _one_of(model.output_activation, "model.output_activation", ACTIVATIONS)
 
-    _one_of(cfg.optimizer.name, "optimizer.name", OPTIMIZERS)
-    rate = cfg.optimizer.learning_rate
-    _require(math.isfinite(rate) and 0 < rate <= 10, "optimizer.learning_rate",
-             "must be a finite number > 0 and <= 10", rate)
+    _one_of(config.optimizer.name, "optimizer.name", OPTIMIZERS)
+    rate = config.optimizer.learning_rate
+    _require(
+        math.isfinite(rate) and 0 < rate <= 10, "optimizer.learning_rate", "must be a finite number > 0 and <= 10", rate
+    )
 
     _require(trainer.epochs >= 1, "trainer.epochs", "must be an integer >= 1", trainer.epochs)
     _require(trainer.batch_size >= 1, "trainer.batch_size", "must be an integer >= 1", trainer.batch_size)
-    _require(trainer.eval_batch_size >= 1, "trainer.eval_batch_size", "must be an integer >= 1",
-             trainer.eval_batch_size)
+    _require(
+        trainer.eval_batch_size >= 1, "trainer.eval_batch_size", "must be an integer >= 1", trainer.eval_batch_size
+    )
     _one_of(trainer.loss, "trainer.loss", LOSSES)
     _one_of(trainer.engine, "trainer.engine", ENGINES)
-    _require(0 <= trainer.threads <= 1024, "trainer.threads", "must be an integer 0-1024 (0 = one per core)",
-             trainer.threads)
+    _require(
+        0 <= trainer.threads <= 1024, "trainer.threads", "must be an integer 0-1024 (0 = one per core)", trainer.threads
+    )
     _require(trainer.verbose in (0, 1, 2), "trainer.verbose", "must be 0, 1 or 2", trainer.verbose)
     _optional_positive(trainer.limit_train_samples, "trainer.limit_train_samples")
     _optional_positive(trainer.limit_test_samples, "trainer.limit_test_samples")
 
-    _require(bool(cfg.tracking.experiment.strip()), "tracking.experiment", "must not be empty",
-             cfg.tracking.experiment)
-    _require(cfg.tracking.sample_images >= 0, "tracking.sample_images", "must be an integer >= 0",
-             cfg.tracking.sample_images)
-    _require(0 < cfg.tracking.http_timeout <= 3600, "tracking.http_timeout", "must be whole seconds, 1-3600",
-             cfg.tracking.http_timeout)
-    _require(0 <= cfg.tracking.http_retries <= 20, "tracking.http_retries", "must be an integer 0-20",
-             cfg.tracking.http_retries)
-    _require(0 <= cfg.seed < 2**32, "seed", "must be an integer between 0 and 2**32 - 1", cfg.seed)
-    _check_validation_and_selection(cfg)
+    _require(
+        bool(config.tracking.experiment.strip()), "tracking.experiment", "must not be empty", config.tracking.experiment
+    )
+    _require(
+        config.tracking.sample_images >= 0,
+        "tracking.sample_images",
+        "must be an integer >= 0",
+        config.tracking.sample_images,
+    )
+    _require(
+        0 < config.tracking.http_timeout <= 3600,
+        "tracking.http_timeout",
+        "must be whole seconds, 1-3600",
+        config.tracking.http_timeout,
+    )
+    _require(
+        0 <= config.tracking.http_retries <= 20,
+        "tracking.http_retries",
+        "must be an integer 0-20",
+        config.tracking.http_retries,
+    )
+    _require(0 <= config.seed < 2**32, "seed", "must be an integer between 0 and 2**32 - 1", config.seed)
+    _check_validation_and_selection(config)
+    return config
 
 
-def _check_validation_and_selection(cfg: DictConfig) -> None:
+def _check_validation_and_selection(config: MnistexpConfig) -> None:
     """The validation split, early stopping and the selection rule: a val_* metric needs a split."""
-    size = cfg.data.validation_size
-    _require(size >= 0 and (isinstance(size, int) or 0 < size < 1), "data.validation_size",
-             "must be 0 (none), a count of training examples, or a fraction between 0 and 1", size)
-    stopping = cfg.trainer.early_stopping
+    size = config.data.validation_size
+    _require(
+        size >= 0 and (isinstance(size, int) or 0 < size < 1),
+        "data.validation_size",
+        "must be 0 (none), a count of training examples, or a fraction between 0 and 1",
+        size,
+    )
+    stopping = config.trainer.early_stopping
     _one_of(stopping.monitor, "trainer.early_stopping.monitor", EPOCH_METRICS)
     _one_of(stopping.mode, "trainer.early_stopping.mode", MODES)
     _require(stopping.patience >= 0, "trainer.early_stopping.patience", "must be an integer >= 0", stopping.patience)
-    _require(math.isfinite(stopping.min_delta) and stopping.min_delta >= 0, "trainer.early_stopping.min_delta",
-             "must be a number >= 0", stopping.min_delta)
+    _require(
+        math.isfinite(stopping.min_delta) and stopping.min_delta >= 0,
+        "trainer.early_stopping.min_delta",
+        "must be a number >= 0",
+        stopping.min_delta,
+    )
     if stopping.enabled:
-        _require(not stopping.monitor.startswith("val_") or size, "trainer.early_stopping.monitor",
-                 "needs a validation split: set data.validation_size", stopping.monitor)
-    metric = cfg.selection.metric
+        _require(
+            not stopping.monitor.startswith("val_") or size > 0,
+            "trainer.early_stopping.monitor",
+            "needs a validation split: set data.validation_size",
+            stopping.monitor,
+        )
+    metric = config.selection.metric
     if metric is not None:
         _one_of(metric, "selection.metric", RUN_METRICS)
-        _require(not metric.startswith("val_") or size, "selection.metric",
-                 "needs a validation split: set data.validation_size", metric)
-    _one_of(cfg.selection.mode, "selection.mode", MODES)
+        _require(
+            not metric.startswith("val_") or size > 0,
+            "selection.metric",
+            "needs a validation split: set data.validation_size",
+            metric,
+        )
+    _one_of(config.selection.mode, "selection.mode", MODES)
 
 
 # Keys that change where or how a run is reported or ranked, never what it computes: left out of the
@@ -290,9 +341,26 @@ def _check_validation_and_selection(cfg: DictConfig) -> None:
 RESULT_NEUTRAL_KEYS = ("tracking", "selection", "trainer.verbose", "data.path")
 
 
-def config_digest(cfg: DictConfig) -> str:
+def selection_of(config: MnistexpConfig) -> Selection:
+    """The selection rule this config sets (see conf/selection/default.yaml)."""
+    return Selection.from_config(config.selection.metric, config.selection.mode, config.data.validation_size)
+
+
+def typed(node: DictConfig, schema: type[Node]) -> Node:
+    """A config node as its schema's dataclass (interpolations resolved)."""
+    value = OmegaConf.to_object(node)
+    assert isinstance(value, schema), f"{type(value).__name__} is not a {schema.__name__}"
+    return value
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    """A schema object as plain nested dicts and lists."""
+    return dataclasses.asdict(config)
+
+
+def config_digest(config: MnistexpConfig) -> str:
     """SHA-256 of what determines a result (the data is identified by its own digest, not its path)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = as_dict(config)
     for dotted in RESULT_NEUTRAL_KEYS:
         *parents, leaf = dotted.split(".")
         node = resolved

@@ -9,11 +9,10 @@ import zipfile
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from mnistexp.config import ConfigError
+from mnistexp.config import ConfigError, DataConfig
 from mnistexp.errors import DataError
 
 SPLITS = ("x_train", "y_train", "x_test", "y_test")  # what a source provides
@@ -43,13 +42,25 @@ class Dataset:
     y_val: np.ndarray | None = None
 
     @property
+    def validation(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The validation images and labels, None without a validation split."""
+        if self.x_val is None or self.y_val is None or len(self.y_val) == 0:
+            return None
+        return self.x_val, self.y_val
+
+    @property
     def has_validation(self) -> bool:
-        return self.y_val is not None and len(self.y_val) > 0
+        return self.validation is not None
 
     def limit(self, train: int | None, test: int | None) -> Dataset:
         """The first `train` / `test` examples (None keeps a split whole), for quick runs."""
-        return replace(self, x_train=self.x_train[:train], y_train=self.y_train[:train],
-                       x_test=self.x_test[:test], y_test=self.y_test[:test])
+        return replace(
+            self,
+            x_train=self.x_train[:train],
+            y_train=self.y_train[:train],
+            x_test=self.x_test[:test],
+            y_test=self.y_test[:test],
+        )
 
     def split_validation(self, size: int | float, seed: int) -> Dataset:
         """Move `size` training examples (a count, or a fraction in (0, 1)) to the validation split.
@@ -61,13 +72,21 @@ class Dataset:
             return self
         count = round(size * len(self.y_train)) if isinstance(size, float) else size
         if not 1 <= count < len(self.y_train):
-            raise ConfigError("data.validation_size", f"must leave 1 to {len(self.y_train) - 1} of the "
-                              f"{len(self.y_train)} training examples for validation", size)
+            raise ConfigError(
+                "data.validation_size",
+                f"must leave 1 to {len(self.y_train) - 1} of the {len(self.y_train)} training examples for validation",
+                size,
+            )
         chosen = stratified_sample(self.y_train, count, seed)
         keep = np.ones(len(self.y_train), dtype=bool)
         keep[chosen] = False
-        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep],
-                       x_val=self.x_train[chosen], y_val=self.y_train[chosen])
+        return replace(
+            self,
+            x_train=self.x_train[keep],
+            y_train=self.y_train[keep],
+            x_val=self.x_train[chosen],
+            y_val=self.y_train[chosen],
+        )
 
     @cached_property
     def digest(self) -> str:
@@ -81,6 +100,7 @@ class Dataset:
 
     def summary(self) -> dict:
         arrays = {name: getattr(self, name) for name in ARRAYS if getattr(self, name) is not None}
+        val_labels = self.validation[1] if self.validation else np.zeros(0, np.int64)
         return {
             "source": self.source,
             "shapes": {name: list(array.shape) for name, array in arrays.items()},
@@ -88,8 +108,8 @@ class Dataset:
             "first_train_labels": self.y_train[:5].tolist(),
             "first_test_labels": self.y_test[:5].tolist(),
             "train_class_counts": np.bincount(self.y_train).tolist(),
-            "validation_size": len(self.y_val) if self.has_validation else 0,
-            "validation_class_counts": np.bincount(self.y_val).tolist() if self.has_validation else [],
+            "validation_size": len(val_labels),
+            "validation_class_counts": np.bincount(val_labels).tolist() if len(val_labels) else [],
             "sha256": self.digest,
         }
 
@@ -105,23 +125,25 @@ def stratified_sample(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
     quotas = np.floor(exact).astype(int)
     quotas[np.argsort(quotas - exact, kind="stable")[: count - quotas.sum()]] += 1
     rng = np.random.default_rng(seed)
-    picked = [rng.permutation(np.flatnonzero(labels == label))[:quota] for label, quota in zip(classes, quotas)]
+    picked = [
+        rng.permutation(np.flatnonzero(labels == label))[:quota] for label, quota in zip(classes, quotas, strict=True)
+    ]
     return np.sort(np.concatenate(picked))
 
 
-def load(name: str, path: str | None, image_shape: Sequence[int], num_classes: int) -> Dataset:
-    """Read the dataset from `path` (.npz or IDX folder), or download `name` through keras.datasets.
+def load(data_cfg: DataConfig) -> Dataset:
+    """Read the dataset from `data.path` (.npz or IDX folder), or download `data.name` through keras.datasets.
 
     The jobs of a sweep share one process with Hydra's basic launcher: the last two datasets are
     kept, keyed by the file's size and modification time, so a sweep reads its data once.
     """
-    stamp = None
+    path, stamp = data_cfg.path, None
     if path is not None:
         file = Path(path).expanduser()
         if not file.exists():
             raise DataError(f"data file not found: {file}")
         stamp = (file.stat().st_size, file.stat().st_mtime_ns)
-    return _load(name, path, tuple(image_shape), num_classes, stamp)
+    return _load(data_cfg.name, path, tuple(data_cfg.image_shape), len(data_cfg.class_names), stamp)
 
 
 @lru_cache(maxsize=2)
@@ -156,7 +178,9 @@ def _read_npz(file: Path) -> dict[str, np.ndarray]:
         with np.load(file, allow_pickle=False) as npz:
             missing = [key for key in SPLITS if key not in npz.files]
             if missing:
-                raise DataError(f"{file}: missing arrays {', '.join(missing)} (found: {', '.join(npz.files) or 'none'})")
+                raise DataError(
+                    f"{file}: missing arrays {', '.join(missing)} (found: {', '.join(npz.files) or 'none'})"
+                )
             return {key: npz[key] for key in SPLITS}
     except DataError:
         raise
@@ -200,8 +224,7 @@ def _read_idx(file: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _checked(arrays: dict[str, np.ndarray], source: str, image_shape: tuple[int, ...],
-             num_classes: int) -> Dataset:
+def _checked(arrays: dict[str, np.ndarray], source: str, image_shape: tuple[int, ...], num_classes: int) -> Dataset:
     checked = {}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]

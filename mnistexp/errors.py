@@ -29,7 +29,7 @@ class TrackingError(UserError):
     """The MLflow store cannot be reached or written; the message names the URI."""
 
 
-class TrainingDiverged(UserError):
+class TrainingDivergedError(UserError):
     """The loss became NaN or infinite; usually the learning rate is too high."""
 
 

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mnistexp.config import DataConfig, TrainerConfig
 from mnistexp.data import Dataset
 
 
@@ -16,12 +17,14 @@ class Evaluation:
     loss: float
     accuracy: float
     predictions: np.ndarray  # predicted class per test image
-    confusion: np.ndarray    # confusion[true, predicted] = count
-    precision: np.ndarray    # per class; NaN where the class was never predicted
-    recall: np.ndarray       # per class; NaN where the class never occurs
+    confusion: np.ndarray  # confusion[true, predicted] = count
+    precision: np.ndarray  # per class; NaN where the class was never predicted
+    recall: np.ndarray  # per class; NaN where the class never occurs
 
 
-def evaluate(model: keras.Model, data: Dataset, batch_size: int, num_classes: int) -> Evaluation:
+def evaluate(model: keras.Model, data: Dataset, trainer_cfg: TrainerConfig, data_cfg: DataConfig) -> Evaluation:
+    """The test split through the model, `trainer.eval_batch_size` images at a time."""
+    batch_size, num_classes = trainer_cfg.eval_batch_size, len(data_cfg.class_names)
     loss, accuracy = model.evaluate(data.x_test, data.y_test, batch_size=batch_size, verbose=0)
     scores = model.predict(data.x_test, batch_size=batch_size, verbose=0)
     predictions = scores.argmax(axis=1)

@@ -36,8 +36,10 @@ def explain(error: BaseException) -> str | None:
         return f"cannot parse the override {override.group(1) if override else ''} ({reason})"
     ambiguous = re.match(r"Ambiguous value for argument '(.*?)'", str(error))
     if ambiguous:
-        return (f"{ambiguous.group(1)} gives several values: add -m to run one job per value "
-                "(a sweep), or write [a,b] for a list")
+        return (
+            f"{ambiguous.group(1)} gives several values: add -m to run one job per value "
+            "(a sweep), or write [a,b] for a list"
+        )
     where = re.match(r"In '(experiment/[^']+)'", str(error))
     prefix = f"{where.group(1).replace('/', '=')}: " if where else ""
     cause = next((cause for cause in _chain(error) if isinstance(cause, OmegaConfBaseException)), None)
@@ -53,9 +55,10 @@ def _raised_by_hydras_command_line(error: BaseException) -> bool:
 
 def _chain(error: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
-    while error is not None and error not in seen:
-        seen.append(error)
-        error = error.__cause__ or error.__context__
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
     return seen
 
 
@@ -69,13 +72,15 @@ def _missing_option(missing: str, options: typing.Sequence[str]) -> str:
     group, _, name = missing.rpartition("/")
     found = ", ".join(options) or "none"
     if group == "experiment":
-        return (f"experiment={name}: no such experiment in {Path.cwd() / 'experiments'} or among "
-                f"mnistexp's own (found: {found})")
+        return (
+            f"experiment={name}: no such experiment in {Path.cwd() / 'experiments'} or among "
+            f"mnistexp's own (found: {found})"
+        )
     return f"{group}={name}: no such option (choose from: {found})"
 
 
 def _bad_value(cause: OmegaConfBaseException) -> str:
-    key = cause.full_key
+    key = str(cause.full_key)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         return f"{key} is not a known key (`mnistexp --cfg job` lists them)"
     if isinstance(cause, ValidationError) and "is not Optional" in str(cause):

@@ -45,8 +45,7 @@ class ExperimentsFolder(ConfigSource):
             header = ConfigSource._get_header_dict(stream.read(512))
             stream.seek(0)
             config = OmegaConf.load(stream)
-        return ConfigResult(config=config, path=f"{self.scheme()}://{self.path}", provider=self.provider,
-                            header=header)
+        return ConfigResult(config=config, path=f"{self.scheme()}://{self.path}", provider=self.provider, header=header)
 
     def available(self) -> bool:
         return True  # an absent folder is an empty group, not an error
@@ -75,5 +74,8 @@ class WorkingDirectoryExperiments(SearchPathPlugin):
         if not any(element.path == MAIN_CONFIG for element in search_path.get_path()):
             return  # another Hydra app in the same environment: leave it alone
         folder = Path(os.getcwd(), "experiments")
-        search_path.prepend("mnistexp (./experiments)", f"{ExperimentsFolder.scheme()}://{folder}",
-                            anchor=SearchPathQuery(path=MAIN_CONFIG))
+        search_path.prepend(
+            "mnistexp (./experiments)",
+            f"{ExperimentsFolder.scheme()}://{folder}",
+            anchor=SearchPathQuery(path=MAIN_CONFIG),
+        )

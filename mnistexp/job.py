@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
-from omegaconf import DictConfig
-
+from mnistexp import console
 from mnistexp import data as data_lib
-from mnistexp.config import config_digest
+from mnistexp.config import MnistexpConfig, config_digest, selection_of
 from mnistexp.selection import Selection
 from mnistexp.sweep_context import REUSED_TAG_PREFIX, SweepContext
 
@@ -22,23 +20,31 @@ log = logging.getLogger("mnistexp")
 class JobResult:
     run_id: str
     metrics: dict[str, float]  # the kept model's figures: val_*, test_*, fit_seconds, ...
-    objective: float           # the selection metric's value: what a sweep ranks and a search optimises
+    objective: float  # the selection metric's value: what a sweep ranks and a search optimises
     tracking_uri: str
     skipped: bool = False
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = (), sweep: SweepContext | None = None,
-        extra_tags: Mapping[str, str] | None = None) -> JobResult:
-    """Train, evaluate and log one job; `sweep` makes its run a child of the sweep's parent run."""
+def run(
+    cfg: MnistexpConfig,
+    overrides: Sequence[str] = (),
+    sweep: SweepContext | None = None,
+    *,
+    verbose: bool = False,
+    extra_tags: Mapping[str, str] | None = None,
+) -> JobResult:
+    """Train, evaluate and log one job. `sweep` makes its run a child of the sweep's parent run;
+    `verbose` (hydra.verbose) lets the libraries' own console lines through."""
     class_names = list(cfg.data.class_names)
     # Data first: a missing or corrupt file fails before TensorFlow loads or a run is opened.
-    data = data_lib.load(cfg.data.name, cfg.data.path, cfg.data.image_shape, len(class_names))
+    data = data_lib.load(cfg.data)
     data = data.limit(cfg.trainer.limit_train_samples, cfg.trainer.limit_test_samples)
     data = data.split_validation(cfg.data.validation_size, cfg.seed)
     _report(data)
-    selection = Selection.from_config(cfg.selection.metric, cfg.selection.mode, cfg.data.validation_size)
+    selection = selection_of(cfg)
     digest = hashlib.sha256(f"{config_digest(cfg)} {data.digest}".encode()).hexdigest()
 
+    console.quiet_libraries(verbose)
     from mnistexp import tracking
 
     uri = tracking.check_store(cfg.tracking)  # an unreachable server fails now, not after minutes of retries
@@ -47,45 +53,64 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), sweep: SweepContext | No
         if earlier is not None:
             return earlier
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the console
-    from mnistexp import evaluate, model as model_lib, plots, train
+    console.import_tensorflow(verbose)
+    from mnistexp import evaluate, plots, train
+    from mnistexp import model as model_lib
 
-    runtime = train.configure_runtime(cfg.seed, cfg.trainer.deterministic, cfg.trainer.threads)
-    model = model_lib.build(cfg.model, cfg.preprocess, cfg.data.image_shape, len(class_names))
+    runtime = train.configure_runtime(cfg.seed, cfg.trainer)
+    model = model_lib.build(cfg.model, cfg.preprocess, cfg.data)
     train.compile_model(model, cfg.optimizer, cfg.trainer)
 
     run_name = cfg.tracking.run_name or (sweep.run_name(list(overrides)) if sweep else model.name)
-    tags = {**tracking.environment_tags(), **runtime, **tracking.selection_tags(selection),
-            "mnistexp.config_sha256": digest, **(extra_tags or {})}
+    tags = {
+        **tracking.environment_tags(),
+        **runtime,
+        **tracking.selection_tags(selection),
+        "mnistexp.config_sha256": digest,
+        **(extra_tags or {}),
+    }
     with tracking.mlflow_run(cfg.tracking, run_name, tags, sweep.parent_run_id if sweep else None) as active:
         tracking.log_config(cfg, overrides)
         tracking.log_data(data, cfg.data.name)
         tracking.log_model_setup(model)
         fitted = train.fit(model, data, cfg.trainer, [tracking.epoch_metrics_callback()], cfg.seed)
         tracking.log_fit(fitted)
-        results = evaluate.evaluate(model, data, cfg.trainer.eval_batch_size, len(class_names))
+        results = evaluate.evaluate(model, data, cfg.trainer, cfg.data)
         model_id = tracking.log_model(model, cfg.data.image_shape) if cfg.tracking.log_model else None
         tracking.log_evaluation(results, class_names, model_id)
         for name, figure in (
             ("confusion_matrix", plots.confusion_heatmap(results.confusion, class_names, results.accuracy)),
-            ("sample_predictions", plots.sample_grid(data.x_test[: cfg.tracking.sample_images],
-                                                     data.y_test, results.predictions, class_names)),
+            (
+                "sample_predictions",
+                plots.sample_grid(
+                    data.x_test[: cfg.tracking.sample_images], data.y_test, results.predictions, class_names
+                ),
+            ),
             ("learning_curves", plots.learning_curves(fitted.history, fitted.best_epoch)),
         ):
             tracking.log_figure(figure, f"plots/{name}.png")
             plots.close(figure)
 
-    metrics = {**fitted.kept_metrics(), "test_loss": results.loss, "test_accuracy": results.accuracy,
-               "fit_seconds": fitted.fit_seconds, "samples_per_second": fitted.samples_per_second}
+    metrics = {
+        **fitted.kept_metrics(),
+        "test_loss": results.loss,
+        "test_accuracy": results.accuracy,
+        "fit_seconds": fitted.fit_seconds,
+        "samples_per_second": fitted.samples_per_second,
+    }
     kept = "".join(f" {name}={metrics[name]:.4f}" for name in ("val_accuracy", "val_loss") if name in metrics)
-    log.info("test_accuracy=%.4f test_loss=%.4f%s run_id=%s", results.accuracy, results.loss, kept,
-             active.info.run_id)
-    log.info("see it: %s, then %s", tracking.ui_command(uri),
-             tracking.run_page(uri, active.info.experiment_id, active.info.run_id))
+    log.info("test_accuracy=%.4f test_loss=%.4f%s run_id=%s", results.accuracy, results.loss, kept, active.info.run_id)
+    log.info(
+        "see it: %s, then %s",
+        tracking.ui_command(uri),
+        tracking.run_page(uri, active.info.experiment_id, active.info.run_id),
+    )
     return JobResult(active.info.run_id, metrics, selection.objective(metrics), uri)
 
 
-def _finished_run(cfg: DictConfig, digest: str, sweep: SweepContext | None, selection: Selection) -> JobResult | None:
+def _finished_run(
+    cfg: MnistexpConfig, digest: str, sweep: SweepContext | None, selection: Selection
+) -> JobResult | None:
     """With tracking.skip_finished: the earlier FINISHED run of this exact config, reported and reused."""
     import mlflow
 
@@ -97,8 +122,12 @@ def _finished_run(cfg: DictConfig, digest: str, sweep: SweepContext | None, sele
     metrics = dict(mlflow.get_run(run_id).data.metrics)
     if sweep:
         mlflow.MlflowClient().set_tag(sweep.parent_run_id, f"{REUSED_TAG_PREFIX}{digest[:16]}", run_id)
-    log.info("skipped: run %s already FINISHED with this config (%s=%.4f)",
-             run_id, selection.metric, metrics.get(selection.metric, float("nan")))
+    log.info(
+        "skipped: run %s already FINISHED with this config (%s=%.4f)",
+        run_id,
+        selection.metric,
+        metrics.get(selection.metric, float("nan")),
+    )
     return JobResult(run_id, metrics, selection.objective(metrics), mlflow.get_tracking_uri(), skipped=True)
 
 

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import keras
 from keras import layers
-from omegaconf import DictConfig
 
-from mnistexp.config import hidden_layer_sizes
+from mnistexp.config import DataConfig, ModelConfig, PreprocessConfig, hidden_layer_sizes
 
 
-def build(model_cfg: DictConfig, preprocess_cfg: DictConfig, image_shape: Sequence[int],
-          num_classes: int) -> keras.Model:
+def build(model_cfg: ModelConfig, preprocess_cfg: PreprocessConfig, data_cfg: DataConfig) -> keras.Model:
     """Raw uint8 images in, class scores out; scaling and flattening are layers of the model."""
-    inputs = keras.Input(shape=tuple(image_shape), dtype="uint8", name="image")
+    inputs = keras.Input(shape=tuple(data_cfg.image_shape), dtype="uint8", name="image")
     # Rescaling also casts uint8 to float, so it stays (as a plain cast) when scaling is off.
     x = layers.Rescaling(1 / 255 if preprocess_cfg.scale else 1.0, name="scale")(inputs)
     x = layers.Flatten(name="flatten")(x)
     sizes = hidden_layer_sizes(model_cfg.hidden_units)
     for index, units in enumerate(sizes, start=1):
         x = layers.Dense(units, activation=model_cfg.hidden_activation, name=f"hidden_{index}")(x)
-    outputs = layers.Dense(num_classes, activation=model_cfg.output_activation, name="output")(x)
+    outputs = layers.Dense(len(data_cfg.class_names), activation=model_cfg.output_activation, name="output")(x)
     name = "dense_" + "_".join(map(str, sizes)) if sizes else "linear"
     return keras.Model(inputs, outputs, name=name)

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers, CI or inside sweeps
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure
 
 
 def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], accuracy: float) -> Figure:
     size = 1.0 + 0.65 * len(class_names)
     figure, axes = plt.subplots(figsize=(size + 1.5, size))
-    sns.heatmap(confusion, annot=True, fmt="d", cmap="Blues", square=True, cbar=True,
-                xticklabels=class_names, yticklabels=class_names, ax=axes)
+    sns.heatmap(
+        confusion,
+        annot=True,
+        fmt="d",
+        cmap="Blues",
+        square=True,
+        cbar=True,
+        xticklabels=class_names,
+        yticklabels=class_names,
+        ax=axes,
+    )
     axes.set_xlabel("Predicted label")
     axes.set_ylabel("True label")
     axes.set_title(f"Confusion matrix (test accuracy {accuracy:.4f})")
@@ -26,8 +35,7 @@ def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], accurac
     return figure
 
 
-def sample_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
-                class_names: Sequence[str]) -> Figure:
+def sample_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]) -> Figure:
     """The images in a near-square grid, titled `true / predicted`, mistakes in red."""
     count = len(images)
     columns = max(1, int(np.ceil(np.sqrt(count))))
@@ -39,8 +47,9 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
             continue
         axis.imshow(images[index], cmap="gray_r")
         true, predicted = class_names[labels[index]], class_names[predictions[index]]
-        axis.set_title(f"{true} / {predicted}", fontsize=9,
-                       color="black" if labels[index] == predictions[index] else "red")
+        axis.set_title(
+            f"{true} / {predicted}", fontsize=9, color="black" if labels[index] == predictions[index] else "red"
+        )
     figure.suptitle("First test images: true / predicted")
     figure.tight_layout()
     return figure
@@ -49,7 +58,7 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
 def learning_curves(history: dict[str, list[float]], best_epoch: int | None = None) -> Figure:
     """Loss and accuracy per epoch, training and (with a validation split) validation."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, name in zip(axes, ("loss", "accuracy")):
+    for axis, name in zip(axes, ("loss", "accuracy"), strict=True):
         for key, label in ((name, "training"), (f"val_{name}", "validation")):
             if key in history:
                 epochs = np.arange(1, len(history[key]) + 1)
@@ -72,12 +81,13 @@ def close(figure: Figure) -> None:
 def metric_by_param(values: Sequence[str], metric: Sequence[float], key: str, metric_name: str) -> Figure:
     """A metric against one swept key: a line over numeric values, bars over anything else."""
     figure, axes = plt.subplots(figsize=(6, 4))
-    numeric = [_as_number(value) for value in values]
-    if all(number is not None for number in numeric):
+    numbers = [_as_number(value) for value in values]
+    numeric = [number for number in numbers if number is not None]
+    if len(numeric) == len(numbers):
         order = np.argsort(numeric)
         xs, ys = np.asarray(numeric)[order], np.asarray(metric)[order]
         axes.plot(xs, ys, marker="o")
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=True):
             axes.annotate(f"{y:.4f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     else:
         sns.barplot(x=list(values), y=list(metric), ax=axes, color="tab:blue")

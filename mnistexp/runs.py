@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnistexp.config import compose, validate
+from mnistexp.config import MnistexpConfig, TrackingConfig, as_dict, compose, typed, validate
 from mnistexp.errors import UserError
 from mnistexp.selection import MODES, RUN_METRICS, Selection, direction
 
@@ -31,15 +31,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnistexp-runs", description=__doc__.split(":", 1)[1].strip())
-    parser.add_argument("--tracking-uri", help="the MLflow store (default: MLFLOW_TRACKING_URI, else "
-                                               "MLflow's default, sqlite:///mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="the MLflow store (default: MLFLOW_TRACKING_URI, else MLflow's default, sqlite:///mlflow.db)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     compare = commands.add_parser("compare", help="a table of runs, best first by the selection metric")
     compare.add_argument("--experiment", help="experiment name (default: tracking.experiment in conf/)")
     compare.add_argument("--parent", metavar="RUN_ID", help="only the children of this sweep's parent run")
-    compare.add_argument("--metric", choices=RUN_METRICS,
-                         help="rank by this metric (default: the selection metric the runs were made with)")
+    compare.add_argument(
+        "--metric",
+        choices=RUN_METRICS,
+        help="rank by this metric (default: the selection metric the runs were made with)",
+    )
     compare.add_argument("--mode", choices=MODES, default="auto", help="max, min or auto (%(default)s)")
     compare.add_argument("--plot", metavar="FILE", type=Path, help="also write the ranking metric against a key")
     compare.add_argument("--plot-key", default="model.hidden_units", help="the key for --plot (%(default)s)")
@@ -52,8 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     pin = commands.add_parser("pin", help="write experiments/NAME.yaml that reproduces a run")
     pin.add_argument("run_id", metavar="RUN_ID")
     pin.add_argument("name", metavar="NAME")
-    pin.add_argument("--dir", type=Path, default=Path("experiments"),
-                     help="where to write (default: ./%(default)s, where `mnistexp experiment=NAME` looks first)")
+    pin.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("experiments"),
+        help="where to write (default: ./%(default)s, where `mnistexp experiment=NAME` looks first)",
+    )
     pin.add_argument("--force", action="store_true", help="overwrite an existing file")
     pin.set_defaults(handler=pin_run)
     return parser
@@ -65,7 +74,7 @@ def _client(args: argparse.Namespace):
 
     from mnistexp import tracking
 
-    tracking_cfg = default_config().tracking
+    tracking_cfg = typed(default_config().tracking, TrackingConfig)
     tracking_cfg.uri = args.tracking_uri or tracking_cfg.uri
     tracking.check_store(tracking_cfg)
     return mlflow.MlflowClient()
@@ -99,8 +108,11 @@ def compare_runs(args: argparse.Namespace) -> int:
         if experiment is None:
             raise UserError(f"no experiment {name!r} in {client.tracking_uri}")
         experiment_ids, filter_string = [experiment.experiment_id], ""
-    runs = [run for run in client.search_runs(experiment_ids, filter_string, max_results=10_000)
-            if run.data.tags.get("mnistexp.sweep") != "parent"]
+    runs = [
+        run
+        for run in client.search_runs(experiment_ids, filter_string, max_results=10_000)
+        if run.data.tags.get("mnistexp.sweep") != "parent"
+    ]
     if not runs:
         raise UserError(f"no runs to compare in {client.tracking_uri}")
     selection = _selection(runs, args.metric, args.mode)
@@ -109,9 +121,12 @@ def compare_runs(args: argparse.Namespace) -> int:
     print(summary.to_text(table, keys, selection))
     if args.plot:
         scored = [row for row in table if not math.isnan(row.metric(selection.metric))]
-        figure = plots.metric_by_param([row.params.get(args.plot_key, "?") for row in scored],
-                                       [row.metric(selection.metric) for row in scored], args.plot_key,
-                                       selection.metric)
+        figure = plots.metric_by_param(
+            [row.params.get(args.plot_key, "?") for row in scored],
+            [row.metric(selection.metric) for row in scored],
+            args.plot_key,
+            selection.metric,
+        )
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(args.plot, dpi=120)
         plots.close(figure)
@@ -123,8 +138,13 @@ def _selection(runs: list, metric: str | None, mode: str) -> Selection:
     """--metric if given; else the selection metric the runs were made with, which must be one."""
     if metric:
         return Selection(metric, direction(metric, mode))
-    chosen = {(run.data.tags.get("mnistexp.selection_metric", "test_accuracy"),
-               run.data.tags.get("mnistexp.selection_mode", "max")) for run in runs}
+    chosen = {
+        (
+            run.data.tags.get("mnistexp.selection_metric", "test_accuracy"),
+            run.data.tags.get("mnistexp.selection_mode", "max"),
+        )
+        for run in runs
+    }
     if len(chosen) > 1:
         found = ", ".join(sorted(f"{name} ({how})" for name, how in chosen))
         raise UserError(f"these runs were ranked by different metrics ({found}); choose one with --metric")
@@ -132,7 +152,7 @@ def _selection(runs: list, metric: str | None, mode: str) -> Selection:
     return Selection(name, how if mode == "auto" else mode)
 
 
-def logged_config(client, run_id: str) -> DictConfig:
+def logged_config(client, run_id: str) -> MnistexpConfig:
     """The run's config/resolved.yaml laid over today's defaults, type-checked and validated."""
     import tempfile
 
@@ -147,8 +167,8 @@ def logged_config(client, run_id: str) -> DictConfig:
         cfg = OmegaConf.merge(default_config(), logged)
     except Exception as error:
         raise UserError(f"run {run_id}: its config no longer fits the schema ({error})") from error
-    validate(cfg)
-    return cfg
+    assert isinstance(cfg, DictConfig)
+    return validate(cfg)
 
 
 def reproduce_run(args: argparse.Namespace) -> int:
@@ -190,7 +210,7 @@ def pin_run(args: argparse.Namespace) -> int:
         raise UserError(f"{target} exists; pass --force to overwrite it")
     client = _client(args)
     run = _get_run(client, args.run_id)
-    cfg = OmegaConf.to_container(logged_config(client, args.run_id), resolve=True)
+    cfg = as_dict(logged_config(client, args.run_id))
     cfg["data"].pop("path")  # the data is found as usual (data.path / MNISTEXP_DATA); its digest is below
     cfg["tracking"] = {"experiment": cfg["tracking"]["experiment"], "run_name": args.name}
     metrics = run.data.metrics

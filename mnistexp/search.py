@@ -1,4 +1,4 @@
-"""Optuna search: Hydra's Optuna sweeper with `n_trials` counted over the whole study, and the study on its parent run."""
+"""Optuna search: Hydra's Optuna sweeper, `n_trials` counted over the whole study, the study on its parent run."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import math
 import re
 import warnings
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
+
+from mnistexp.errors import UserError, first_line
 
 log = logging.getLogger("mnistexp")
 
@@ -31,33 +34,43 @@ class StudySweeper(OptunaSweeper):
         super().__init__(**optuna_sweeper)
         self.sampler_cfg = optuna_sweeper["sampler"]
         self.study_size = optuna_sweeper["n_trials"]
-        self.enqueue_trials = [OmegaConf.to_container(trial) if OmegaConf.is_config(trial) else dict(trial)
-                               for trial in enqueue_trials or []]
+        self.enqueue_trials = [
+            OmegaConf.to_container(trial) if OmegaConf.is_config(trial) else dict(trial)
+            for trial in enqueue_trials or []
+        ]
 
     def sweep(self, arguments: list[str]) -> None:
         impl = self.sweeper
-        study = open_study(impl.storage, impl.study_name, impl._get_directions())
+        study = open_study(str(impl.storage), str(impl.study_name), impl._get_directions())
         if not study.trials:
             for params in self.enqueue_trials:
                 study.enqueue_trial(params)
         elif OmegaConf.select(self.sampler_cfg, "seed") is not None:
             # A seeded sampler made anew would draw the first command's trials again: continue
             # from a seed of its own, derived from the seed and the trials already in the study.
-            impl.sampler = instantiate(self.sampler_cfg, seed=self.sampler_cfg.seed + len(study.trials),
-                                       _execution_whitelist_=("optuna.samplers.*", "hydra_plugins.*"))
+            impl.sampler = instantiate(
+                self.sampler_cfg,
+                seed=self.sampler_cfg.seed + len(study.trials),
+                _execution_whitelist_=("optuna.samplers.*", "hydra_plugins.*"),
+            )
         impl.n_trials = trials_to_run(study, self.study_size)
-        log.info("study %s: %d of %d trials done, %d to run", study.study_name,
-                 self.study_size - impl.n_trials, self.study_size, impl.n_trials)
+        log.info(
+            "study %s: %d of %d trials done, %d to run",
+            study.study_name,
+            self.study_size - impl.n_trials,
+            self.study_size,
+            impl.n_trials,
+        )
         return super().sweep(arguments)
 
 
-def open_study(storage: str, study_name: str, directions: Sequence[str]):
+def open_study(storage: str, study_name: str, directions: Sequence[str]) -> Any:
     """The study, created if new; trials left RUNNING by a command that died are marked FAIL."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=storage, study_name=study_name, directions=list(directions),
-                                load_if_exists=True)
+    named: list[Any] = list(directions)  # "maximize" / "minimize"
+    study = optuna.create_study(storage=storage, study_name=study_name, directions=named, load_if_exists=True)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         log.info("study %s: trial %d was left running by an earlier command; marked FAIL", study_name, trial.number)
@@ -74,10 +87,16 @@ def is_search(config: DictConfig) -> bool:
     return OmegaConf.select(config, "hydra.sweeper._target_") == f"{__name__}.{StudySweeper.__name__}"
 
 
-def study_of(config: DictConfig):
+def study_of(config: DictConfig) -> Any:
     """The study that `config`'s sweeper will run (opened, so it exists before its first trial)."""
     sweeper = config.hydra.sweeper
-    return open_study(sweeper.storage, sweeper.study_name, [sweeper.direction])
+    try:
+        return open_study(sweeper.storage, sweeper.study_name, [sweeper.direction])
+    except Exception as error:  # a storage that cannot be reached or read: one line, naming it
+        raise UserError(
+            f"hydra.sweeper.storage: cannot open the Optuna study {sweeper.study_name!r} in "
+            f"{shown_storage(str(sweeper.storage))} ({error.__class__.__name__}: {first_line(error)})"
+        ) from error
 
 
 def shown_storage(storage: str) -> str:
@@ -90,8 +109,9 @@ def log_study(client, parent_run_id: str, study) -> str:
     optimization history, parameter importances and parallel coordinates as PNG, the best trial's
     values as `best.*` tags and search/best_trial.yaml. Returns a line for the sweep's report."""
     parent = client.get_run(parent_run_id)
-    children = client.search_runs([parent.info.experiment_id], max_results=10_000,
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], max_results=10_000, filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )
     runs = match_trials_to_runs(study.trials, children)
     client.log_text(parent_run_id, _trials_csv(study.trials, runs), "search/trials.csv")
     for name, figure in _study_figures(study):
@@ -105,12 +125,18 @@ def log_study(client, parent_run_id: str, study) -> str:
     best = study.best_trial
     for key, value in best.params.items():
         client.set_tag(parent_run_id, f"best.{key}", str(value))
-    client.log_text(parent_run_id, OmegaConf.to_yaml({"trial": best.number, "value": best.value,
-                                                      "run_id": runs.get(best.number), "params": best.params}),
-                    "search/best_trial.yaml")
-    return (f"study {study.study_name}: {len(study.trials)} trials, best is trial {best.number} "
-            f"(run {runs.get(best.number, '?')}) with {best.value:.4f}: "
-            + " ".join(f"{key}={value}" for key, value in best.params.items()))
+    client.log_text(
+        parent_run_id,
+        OmegaConf.to_yaml(
+            {"trial": best.number, "value": best.value, "run_id": runs.get(best.number), "params": best.params}
+        ),
+        "search/best_trial.yaml",
+    )
+    return (
+        f"study {study.study_name}: {len(study.trials)} trials, best is trial {best.number} "
+        f"(run {runs.get(best.number, '?')}) with {best.value:.4f}: "
+        + " ".join(f"{key}={value}" for key, value in best.params.items())
+    )
 
 
 def match_trials_to_runs(trials: Sequence[Any], children: Sequence[Any]) -> dict[int, str]:
@@ -137,32 +163,45 @@ def _trials_csv(trials: Sequence[Any], runs: dict[int, str]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["trial", "state", "value", *names, "run_id", "started", "seconds"])
     for trial in trials:
-        seconds = ((trial.datetime_complete - trial.datetime_start).total_seconds()
-                   if trial.datetime_complete and trial.datetime_start else "")
-        writer.writerow([trial.number, trial.state.name, "" if trial.value is None else trial.value,
-                         *(trial.params.get(name, "") for name in names), runs.get(trial.number, ""),
-                         trial.datetime_start.isoformat() if trial.datetime_start else "", seconds])
+        seconds = (
+            (trial.datetime_complete - trial.datetime_start).total_seconds()
+            if trial.datetime_complete and trial.datetime_start
+            else ""
+        )
+        writer.writerow(
+            [
+                trial.number,
+                trial.state.name,
+                "" if trial.value is None else trial.value,
+                *(trial.params.get(name, "") for name in names),
+                runs.get(trial.number, ""),
+                trial.datetime_start.isoformat() if trial.datetime_start else "",
+                seconds,
+            ]
+        )
     return buffer.getvalue()
 
 
 def _study_figures(study) -> list[tuple[str, Any]]:
     """Optuna's own matplotlib plots; one that the study cannot draw yet (too few trials) is left out."""
+    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_plots
 
     figures = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "experimental" warnings of optuna.visualization.matplotlib
-        for name, plot in (("optimization_history", optuna_plots.plot_optimization_history),
-                           ("param_importances", optuna_plots.plot_param_importances),
-                           ("parallel_coordinate", optuna_plots.plot_parallel_coordinate)):
+        for name, plot in (
+            ("optimization_history", optuna_plots.plot_optimization_history),
+            ("param_importances", optuna_plots.plot_param_importances),
+            ("parallel_coordinate", optuna_plots.plot_parallel_coordinate),
+        ):
             try:
-                axes = plot(study)
+                plot(study)  # draws on a new matplotlib figure
             except (ValueError, RuntimeError) as error:
                 log.info("search/%s.png left out: %s", name, error)
                 continue
-            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            figure = plt.gcf()
             figure.set_size_inches(9, 5)
             figure.tight_layout()
             figures.append((name, figure))
     return figures
-

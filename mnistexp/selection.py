@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, TypeVar
+from typing import TypeVar
 
 # Figures a run logs after every epoch (Keras's names), and the ones it logs once at its end.
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -42,10 +43,12 @@ class Selection:
 
     def ranked(self, items: Iterable[Item], key: Callable[[Item], float | None]) -> list[Item]:
         """`items` best first by `key(item)`; NaN and missing scores last."""
+
         def order(item: Item) -> tuple[bool, float]:
             value = key(item)
-            missing = value is None or math.isnan(value)
-            return missing, 0.0 if missing else (-value if self.mode == "max" else value)
+            if value is None or math.isnan(value):
+                return True, 0.0
+            return False, -value if self.mode == "max" else value
 
         return sorted(items, key=order)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from mnistexp.config import RESULT_NEUTRAL_KEYS
 from mnistexp.selection import Selection
@@ -65,8 +66,15 @@ def _metric_columns(selection: Selection) -> list[str]:
 
 def _cells(row: Row, keys: Sequence[str], selection: Selection) -> list[str]:
     seconds = f"{row.seconds:.1f}" if row.seconds is not None else "-"
-    return [row.run_id, row.name, row.status, *(row.params.get(key, "-") for key in keys),
-            *(_fmt(row.metric(name)) for name in _metric_columns(selection)), row.epochs, seconds]
+    return [
+        row.run_id,
+        row.name,
+        row.status,
+        *(row.params.get(key, "-") for key in keys),
+        *(_fmt(row.metric(name)) for name in _metric_columns(selection)),
+        row.epochs,
+        seconds,
+    ]
 
 
 def _fmt(value: float) -> str:
@@ -89,5 +97,7 @@ def to_text(table: Sequence[Row], keys: Sequence[str], selection: Selection) -> 
     """An aligned table for the terminal, best first, full run ids so they can be pasted into `reproduce`."""
     lines = [_header(keys, selection)] + [_cells(row, keys, selection) for row in table]
     widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
-    body = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+    body = "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
     return f"ranked by {selection.describe()}\n{body}"

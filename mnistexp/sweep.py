@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from mnistexp.config import TrackingConfig, typed
+from mnistexp.console import quiet_libraries
 from mnistexp.errors import SHOW_TRACEBACKS, UserError, first_line, report
 from mnistexp.selection import Selection
 from mnistexp.sweep_context import SweepContext
@@ -38,6 +41,16 @@ def sweep_plan(config: DictConfig) -> tuple[list[str], int | None]:
     return keys, (None if 0 in sizes else math.prod(sizes))
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    """What the callback holds while a sweep runs."""
+
+    parent_run_id: str
+    tracking_cfg: TrackingConfig
+    selection: Selection
+    study: tuple[str, str] | None  # (storage, name) of an Optuna study
+
+
 class MlflowSweep(Callback):
     """Opens the parent run before the first job and closes it with a summary after the last.
 
@@ -47,79 +60,90 @@ class MlflowSweep(Callback):
     """
 
     def __init__(self) -> None:
-        self.parent_run_id: str | None = None
-        self.tracking_cfg: DictConfig | None = None
-        self.selection: Selection | None = None
-        self.study: tuple[str, str] | None = None  # (storage, name) of an Optuna study
+        self.sweep: _Sweep | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        quiet_libraries(bool(config.hydra.verbose))
         from mnistexp import search, tracking
 
         keys, size = sweep_plan(config)
-        tags = {"mnistexp.sweep": "parent", "mnistexp.swept_keys": ",".join(keys),
-                "mnistexp.sweep_overrides": " ".join(config.hydra.overrides.task)}
+        tracking_cfg = typed(config.tracking, TrackingConfig)
+        selection = Selection.from_config(config.selection.metric, config.selection.mode, config.data.validation_size)
+        tags = {
+            "mnistexp.sweep": "parent",
+            "mnistexp.swept_keys": ",".join(keys),
+            "mnistexp.sweep_overrides": " ".join(config.hydra.overrides.task),
+        }
+        study = None
         try:
-            study = search.study_of(config) if search.is_search(config) else None
-            if study is None:
-                self.parent_run_id = tracking.start_parent_run(config.tracking, f"sweep {' '.join(keys)}".strip(),
-                                                               {**tags, "mnistexp.sweep_size": str(size or "?")})
-            else:
+            if search.is_search(config):
+                study = search.study_of(config)
                 size = search.trials_to_run(study, config.hydra.sweeper.n_trials)
-                self.parent_run_id = self._study_parent(config, study, tags)
+                parent = self._study_parent(tracking_cfg, config.hydra.sweeper.storage, study, tags)
+            else:
+                name = f"sweep {' '.join(keys)}".strip()
+                parent = tracking.start_parent_run(
+                    tracking_cfg, name, {**tags, "mnistexp.sweep_size": str(size or "?")}
+                )
         except UserError as error:
             report(str(error))
             raise SystemExit(2) from error
-        self.tracking_cfg = config.tracking
-        self.selection = Selection.from_config(config.selection.metric, config.selection.mode,
-                                               config.data.validation_size)
-        self.study = (config.hydra.sweeper.storage, config.hydra.sweeper.study_name) if study else None
-        SweepContext(self.parent_run_id, tuple(keys), size).hand_off(config, tracking.absolute_uri())
-        log.info("sweep over %s: %s jobs, parent run %s", ", ".join(keys) or "nothing", size or "?",
-                 self.parent_run_id)
+        storage_and_name = (config.hydra.sweeper.storage, config.hydra.sweeper.study_name) if study else None
+        self.sweep = _Sweep(parent, tracking_cfg, selection, storage_and_name)
+        SweepContext(parent, tuple(keys), size).hand_off(config, tracking.absolute_uri())
+        log.info("sweep over %s: %s jobs, parent run %s", ", ".join(keys) or "nothing", size or "?", parent)
 
     @staticmethod
-    def _study_parent(config: DictConfig, study: Any, tags: dict[str, str]) -> str:
+    def _study_parent(tracking_cfg: TrackingConfig, storage: str, study: Any, tags: dict[str, str]) -> str:
         """One parent run per study: a later command on the same study reopens it."""
         from mnistexp import search, tracking
 
         earlier = study.user_attrs.get(search.PARENT_ATTR)
-        if earlier and tracking.reopen_parent_run(config.tracking, earlier):
+        if earlier and tracking.reopen_parent_run(tracking_cfg, earlier):
             log.info("study %s continues under its parent run %s", study.study_name, earlier)
-            return earlier
-        parent = tracking.start_parent_run(config.tracking, f"study {study.study_name}", {
-            **tags, "mnistexp.study_name": study.study_name,
-            "mnistexp.study_storage": search.shown_storage(config.hydra.sweeper.storage)})
+            return str(earlier)
+        parent = tracking.start_parent_run(
+            tracking_cfg,
+            f"study {study.study_name}",
+            {**tags, "mnistexp.study_name": study.study_name, "mnistexp.study_storage": search.shown_storage(storage)},
+        )
         study.set_user_attr(search.PARENT_ATTR, parent)
         return parent
 
-    def _log_study(self, parent: str) -> str:
+    @staticmethod
+    def _log_study(sweep: _Sweep, study: tuple[str, str]) -> str:
         from mlflow import MlflowClient
 
         from mnistexp import search, tracking
 
-        tracking.use_store(self.tracking_cfg)
-        storage, name = self.study
-        study = search.open_study(storage, name, [f"{self.selection.mode}imize"])
-        return search.log_study(MlflowClient(), parent, study)
+        tracking.use_store(sweep.tracking_cfg)
+        storage, name = study
+        opened = search.open_study(storage, name, [f"{sweep.selection.mode}imize"])
+        return search.log_study(MlflowClient(), sweep.parent_run_id, opened)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         context = SweepContext.from_env()
         if context is not None:
             of = f"/{context.size}" if context.size else ""
-            log.info("job %d%s: %s", config.hydra.job.num + 1, of,
-                     " ".join(config.hydra.overrides.task) or "(no overrides)")
+            log.info(
+                "job %d%s: %s", config.hydra.job.num + 1, of, " ".join(config.hydra.overrides.task) or "(no overrides)"
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.parent_run_id is None:
+        sweep, self.sweep = self.sweep, None
+        if sweep is None:
             return
         from mnistexp.sweep_summary import finish_parent_run
 
         in_flight = sys.exc_info()[1]  # Hydra calls this from a `finally`: an interrupt may be on its way up
-        parent, self.parent_run_id = self.parent_run_id, None
-        if self.study is not None:
-            log.info(self._log_study(parent))
-        outcome = finish_parent_run(self.tracking_cfg, parent, self.selection,
-                                    interrupted=isinstance(in_flight, KeyboardInterrupt))
+        if sweep.study is not None:
+            log.info(self._log_study(sweep, sweep.study))
+        outcome = finish_parent_run(
+            sweep.tracking_cfg,
+            sweep.parent_run_id,
+            sweep.selection,
+            interrupted=isinstance(in_flight, KeyboardInterrupt),
+        )
         log.info(outcome.report)
         for line in outcome.failures:
             report(line)

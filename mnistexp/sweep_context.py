@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from omegaconf import DictConfig, read_write
 
@@ -46,8 +46,12 @@ class SweepContext:
         along (a Ray cluster's workers have the environment of `ray start`, not this one's), and
         so does MNISTEXP_DATA, which the config reads.
         """
-        variables = {PARENT_RUN_ENV: self.parent_run_id, SWEPT_KEYS_ENV: ",".join(self.swept_keys),
-                     SWEEP_SIZE_ENV: str(self.size or ""), "MLFLOW_TRACKING_URI": store_uri}
+        variables = {
+            PARENT_RUN_ENV: self.parent_run_id,
+            SWEPT_KEYS_ENV: ",".join(self.swept_keys),
+            SWEEP_SIZE_ENV: str(self.size or ""),
+            "MLFLOW_TRACKING_URI": store_uri,
+        }
         if environ.get(DATA_ENV):
             variables[DATA_ENV] = environ[DATA_ENV]
         with read_write(config.hydra.overrides.hydra):

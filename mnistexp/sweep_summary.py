@@ -5,20 +5,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from omegaconf import DictConfig
-
+from mnistexp.config import TrackingConfig
 from mnistexp.selection import Selection
 from mnistexp.sweep_context import REUSED_TAG_PREFIX
 
 
 @dataclass(frozen=True)
 class SweepOutcome:
-    report: str          # the lines to log: counts, the best run, the table
+    report: str  # the lines to log: counts, the best run, the table
     failures: list[str]  # one line per child that did not finish
 
 
-def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, selection: Selection,
-                      interrupted: bool) -> SweepOutcome:
+def finish_parent_run(
+    tracking_cfg: TrackingConfig, parent_run_id: str, selection: Selection, interrupted: bool
+) -> SweepOutcome:
     """Summarise the children on the parent (table, best run by the selection rule, plots) and end it.
 
     The parent ends KILLED if the sweep was interrupted or a child was killed, FAILED if a child
@@ -31,10 +31,10 @@ def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, selection: S
     tracking.use_store(tracking_cfg)
     client = MlflowClient()
     parent = client.get_run(parent_run_id)
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000)
-    reused = [client.get_run(run_id) for tag, run_id in parent.data.tags.items()
-              if tag.startswith(REUSED_TAG_PREFIX)]
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000
+    )
+    reused = [client.get_run(run_id) for tag, run_id in parent.data.tags.items() if tag.startswith(REUSED_TAG_PREFIX)]
     table = summary.rows([*children, *reused], selection)
     keys = [key for key in parent.data.tags.get("mnistexp.swept_keys", "").split(",") if key]
     keys = keys or summary.varying_keys(table)
@@ -47,8 +47,10 @@ def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, selection: S
     client.log_metric(parent_run_id, "jobs_finished", len(finished))
     client.log_metric(parent_run_id, "jobs_failed", statuses.count("FAILED"))
     client.log_metric(parent_run_id, "jobs_killed", statuses.count("KILLED"))
-    report = [f"sweep {parent_run_id}: {len(finished)} finished, {statuses.count('FAILED')} failed, "
-              f"{statuses.count('KILLED')} killed"]
+    report = [
+        f"sweep {parent_run_id}: {len(finished)} finished, {statuses.count('FAILED')} failed, "
+        f"{statuses.count('KILLED')} killed"
+    ]
     if finished:
         best = finished[0]
         client.log_metric(parent_run_id, f"best_{metric}", best.metric(metric))
@@ -58,18 +60,29 @@ def finish_parent_run(tracking_cfg: DictConfig, parent_run_id: str, selection: S
         client.set_tag(parent_run_id, "mnistexp.best_run_id", best.run_id)
         client.set_tag(parent_run_id, "mnistexp.best_run", best.name)
         tested = "".join(f" {name}={best.metric(name):.4f}" for name in summary.REPORTED if name != metric)
-        report.append(f"best by {selection.describe()}: {best.name} {metric}={best.metric(metric):.4f}{tested} "
-                      f"(run {best.run_id})")
+        report.append(
+            f"best by {selection.describe()}: {best.name} {metric}={best.metric(metric):.4f}{tested} "
+            f"(run {best.run_id})"
+        )
         for key in keys:
-            figure = plots.metric_by_param([row.params.get(key, "?") for row in finished],
-                                           [row.metric(metric) for row in finished], key, metric)
+            figure = plots.metric_by_param(
+                [row.params.get(key, "?") for row in finished], [row.metric(metric) for row in finished], key, metric
+            )
             client.log_figure(parent_run_id, figure, f"sweep/{metric}_by_{key}.png")
             plots.close(figure)
     report.append(summary.to_text(table, keys, selection))
-    status = ("KILLED" if interrupted or "KILLED" in statuses else
-              "FAILED" if "FAILED" in statuses or not finished else "FINISHED")
+    status = (
+        "KILLED"
+        if interrupted or "KILLED" in statuses
+        else "FAILED"
+        if "FAILED" in statuses or not finished
+        else "FINISHED"
+    )
     client.set_terminated(parent_run_id, status)
     by_id = {run.info.run_id: run for run in children}
-    failures = [f"job {row.name} {row.status}: {by_id[row.run_id].data.tags.get('mnistexp.error', 'no error recorded')}"
-                for row in table if row.status in ("FAILED", "KILLED") and row.run_id in by_id]
+    failures = [
+        f"job {row.name} {row.status}: {by_id[row.run_id].data.tags.get('mnistexp.error', 'no error recorded')}"
+        for row in table
+        if row.status in ("FAILED", "KILLED") and row.run_id in by_id
+    ]
     return SweepOutcome("\n".join(report), failures)

@@ -10,13 +10,14 @@ import platform
 import subprocess
 import traceback
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from mnistexp.errors import TrackingError
 
@@ -25,12 +26,14 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow import ActiveRun
 
+    from mnistexp.config import MnistexpConfig, TrackingConfig
     from mnistexp.data import Dataset
     from mnistexp.evaluate import Evaluation
     from mnistexp.selection import Selection
-    from mnistexp.train import FitResult
     from mnistexp.sweep_context import SweepContext
+    from mnistexp.train import FitResult
 
+RECORDED_IN_RUN = "mnistexp_run_id"  # set on an exception whose run was ended FAILED with it
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs table
 
 
@@ -60,10 +63,11 @@ def run_page(uri: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
-def use_store(tracking_cfg: DictConfig) -> str:
+def use_store(tracking_cfg: TrackingConfig) -> str:
     """Point MLflow at `tracking.uri` when set (else MLFLOW_TRACKING_URI or MLflow's default); returns it."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(tracking_cfg.http_timeout))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(tracking_cfg.http_retries))
+    # The config wins over the environment, as tracking.uri does over MLFLOW_TRACKING_URI.
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(tracking_cfg.http_timeout)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(tracking_cfg.http_retries)
     import mlflow
 
     if tracking_cfg.uri:
@@ -71,7 +75,7 @@ def use_store(tracking_cfg: DictConfig) -> str:
     return mlflow.get_tracking_uri()
 
 
-def check_store(tracking_cfg: DictConfig) -> str:
+def check_store(tracking_cfg: TrackingConfig) -> str:
     """Fail in seconds, naming the URI, if the store cannot be reached or written; returns the URI."""
     uri = use_store(tracking_cfg)
     if uri.startswith(("http://", "https://")):
@@ -81,8 +85,10 @@ def check_store(tracking_cfg: DictConfig) -> str:
             requests.get(f"{uri.rstrip('/')}/health", timeout=tracking_cfg.http_timeout)
         except requests.RequestException as error:
             reason = error.__class__.__name__
-            raise TrackingError(f"cannot reach the MLflow tracking server {uri} ({reason}); start it, or fix "
-                                "tracking.uri / MLFLOW_TRACKING_URI") from error
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server {uri} ({reason}); start it, or fix "
+                "tracking.uri / MLFLOW_TRACKING_URI"
+            ) from error
         return uri
     local = _local_store_path(uri)
     if local is not None:
@@ -106,7 +112,7 @@ def absolute_uri() -> str:
 def _local_store_path(uri: str) -> Path | None:
     """The file (sqlite) or folder (file store) behind a local URI; None for anything remote."""
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        return Path(uri[len("sqlite:///") :]).expanduser().resolve()
     if uri.startswith("file:"):
         return Path(urlparse(uri).path).resolve()
     if "://" not in uri:
@@ -125,7 +131,7 @@ def _first_use_lock(uri: str):
     return FileLock(f"{local}.lock", timeout=300)
 
 
-def experiment_id(tracking_cfg: DictConfig) -> str:
+def experiment_id(tracking_cfg: TrackingConfig) -> str:
     """The configured experiment's id, created (and tagged as model training) if new."""
     import mlflow
 
@@ -141,15 +147,17 @@ def experiment_id(tracking_cfg: DictConfig) -> str:
 
 
 @contextlib.contextmanager
-def mlflow_run(tracking_cfg: DictConfig, run_name: str | None, tags: Mapping[str, str],
-               parent_run_id: str | None = None) -> Iterator[ActiveRun]:
+def mlflow_run(
+    tracking_cfg: TrackingConfig, run_name: str | None, tags: Mapping[str, str], parent_run_id: str | None = None
+) -> Iterator[ActiveRun]:
     """One MLflow run that always ends: FINISHED, FAILED (error tagged, traceback logged) or KILLED."""
     import mlflow
 
     experiment = experiment_id(tracking_cfg)
     try:
-        run = mlflow.start_run(experiment_id=experiment, run_name=run_name, tags=dict(tags),
-                               parent_run_id=parent_run_id)
+        run = mlflow.start_run(
+            experiment_id=experiment, run_name=run_name, tags=dict(tags), parent_run_id=parent_run_id
+        )
     except Exception as error:
         raise TrackingError(f"cannot start a run in {_store_uri()}: {_first_line(error)}") from error
     try:
@@ -158,7 +166,7 @@ def mlflow_run(tracking_cfg: DictConfig, run_name: str | None, tags: Mapping[str
         mlflow.end_run("KILLED")
         raise
     except BaseException as error:
-        error.mlflow_run_id = run.info.run_id  # tells a sweep the failure is already on record
+        setattr(error, RECORDED_IN_RUN, run.info.run_id)  # tells a sweep the failure is already on record
         mlflow.set_tag("mnistexp.error", _first_line(error)[:5000])
         mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
         mlflow.end_run("FAILED")
@@ -167,7 +175,7 @@ def mlflow_run(tracking_cfg: DictConfig, run_name: str | None, tags: Mapping[str
         mlflow.end_run("FINISHED")
 
 
-def start_parent_run(tracking_cfg: DictConfig, name: str, tags: Mapping[str, str]) -> str:
+def start_parent_run(tracking_cfg: TrackingConfig, name: str, tags: Mapping[str, str]) -> str:
     """A sweep's parent run, left RUNNING for its children; returns its id."""
     from mlflow import MlflowClient
 
@@ -180,7 +188,7 @@ def start_parent_run(tracking_cfg: DictConfig, name: str, tags: Mapping[str, str
     return run.info.run_id
 
 
-def reopen_parent_run(tracking_cfg: DictConfig, run_id: str) -> bool:
+def reopen_parent_run(tracking_cfg: TrackingConfig, run_id: str) -> bool:
     """Set an earlier parent run RUNNING again for more children; False if this store has no such parent."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -197,8 +205,9 @@ def reopen_parent_run(tracking_cfg: DictConfig, run_id: str) -> bool:
     return True
 
 
-def record_failed_run(tracking_cfg: DictConfig, sweep: SweepContext, overrides: Sequence[str],
-                      error: BaseException) -> None:
+def record_failed_run(
+    tracking_cfg: TrackingConfig, sweep: SweepContext, overrides: Sequence[str], error: BaseException
+) -> None:
     """A sweep's job that failed before its run opened (bad value, bad data) still gets a FAILED child."""
     from mlflow import MlflowClient
 
@@ -206,19 +215,24 @@ def record_failed_run(tracking_cfg: DictConfig, sweep: SweepContext, overrides: 
     client = MlflowClient()
     try:
         parent = client.get_run(sweep.parent_run_id)
-        run = client.create_run(parent.info.experiment_id, run_name=sweep.run_name(list(overrides)), tags={
-            "mlflow.parentRunId": sweep.parent_run_id,
-            "mnistexp.error": f"{error.__class__.__name__}: {error}"[:5000],
-            "mnistexp.overrides": " ".join(overrides),
-        })
+        run = client.create_run(
+            parent.info.experiment_id,
+            run_name=sweep.run_name(list(overrides)),
+            tags={
+                "mlflow.parentRunId": sweep.parent_run_id,
+                "mnistexp.error": f"{error.__class__.__name__}: {error}"[:5000],
+                "mnistexp.overrides": " ".join(overrides),
+            },
+        )
         for item in overrides:  # what was asked for, so the summary table shows the failed values
             key, _, value = item.lstrip("+~").partition("=")
             client.log_param(run.info.run_id, key, value)
         client.log_text(run.info.run_id, "".join(traceback.format_exception(error)), "error/traceback.txt")
         client.set_terminated(run.info.run_id, "FAILED")
     except Exception as tracking_error:
-        raise TrackingError(f"could not record the failed job in {_store_uri()}: {_first_line(tracking_error)}"
-                            ) from tracking_error
+        raise TrackingError(
+            f"could not record the failed job in {_store_uri()}: {_first_line(tracking_error)}"
+        ) from tracking_error
 
 
 def _store_uri() -> str:
@@ -227,14 +241,16 @@ def _store_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-def find_finished_run(tracking_cfg: DictConfig, config_digest: str) -> str | None:
+def find_finished_run(tracking_cfg: TrackingConfig, config_digest: str) -> str | None:
     """The newest FINISHED run in the experiment whose config digest matches, if any."""
     import mlflow
 
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id(tracking_cfg)],
         filter_string=f"tags.`mnistexp.config_sha256` = '{config_digest}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
     )
     return runs[0].info.run_id if runs else None
 
@@ -246,8 +262,9 @@ def _first_line(error: BaseException) -> str:
 
 def environment_tags() -> dict[str, str]:
     """Facts a result depends on: library versions, and the commit of the working directory's git checkout."""
-    tags = {f"versions.{package}": _version(package)
-            for package in ("tensorflow", "keras", "mlflow", "hydra-core", "numpy")}
+    tags = {
+        f"versions.{package}": _version(package) for package in ("tensorflow", "keras", "mlflow", "hydra-core", "numpy")
+    }
     tags["versions.python"] = platform.python_version()
     commit = _git("rev-parse", "HEAD")
     if commit:
@@ -271,11 +288,13 @@ def _git(*args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def log_config(cfg: DictConfig, overrides: Sequence[str]) -> None:
+def log_config(config: MnistexpConfig, overrides: Sequence[str]) -> None:
     """The resolved config as dotted params, as YAML to rerun from, and the command-line overrides."""
     import mlflow
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    from mnistexp.config import as_dict
+
+    resolved = as_dict(config)
     mlflow.log_params({key: _param(value) for key, value in flatten(resolved).items()})
     mlflow.log_text(OmegaConf.to_yaml(resolved), "config/resolved.yaml")
     mlflow.log_text("".join(f"- {item}\n" for item in overrides) or "[]\n", "config/overrides.yaml")
@@ -286,22 +305,23 @@ def _param(value: Any) -> Any:
 
 
 def log_data(data: Dataset, name: str) -> None:
-    """The data summary (shapes, first labels, split sizes, digest) as JSON, and every split as an MLflow dataset input."""
+    """The data summary (shapes, first labels, split sizes, digest) as JSON; every split as a dataset input."""
     import mlflow
-    from mlflow.data import from_numpy
+    from mlflow.data.numpy_dataset import from_numpy
 
     summary = data.summary()
     mlflow.log_dict(summary, "data/summary.json")
     mlflow.set_tag("mnistexp.data_sha256", summary["sha256"])
     splits = [("training", data.x_train, data.y_train), ("testing", data.x_test, data.y_test)]
-    if data.has_validation:
-        splits.insert(1, ("validation", data.x_val, data.y_val))
+    if data.validation is not None:
+        splits.insert(1, ("validation", *data.validation))
     for context, x, y in splits:
         with warnings.catch_warnings():
             # MLflow finds two equal readings of a local path ("LocalArtifactDatasetSource") and says so.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-            dataset = from_numpy(x, targets=y, source=data.source, name=f"{name}-{context}",
-                                 digest=summary["sha256"][:8])
+            dataset = from_numpy(
+                x, targets=y, source=data.source, name=f"{name}-{context}", digest=summary["sha256"][:8]
+            )
         mlflow.log_input(dataset, context=context)
 
 
@@ -311,10 +331,10 @@ def epoch_metrics_callback() -> keras.callbacks.Callback:
     Its start-of-training logging (optimizer settings, model summary) is done by `log_model_setup`
     before training instead, so the time it takes stays out of `fit_seconds`.
     """
-    import mlflow.keras
+    from mlflow.keras.callback import MlflowCallback
 
-    class EpochMetrics(mlflow.keras.MlflowCallback):
-        def on_train_begin(self, logs=None):
+    class EpochMetrics(MlflowCallback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
             pass
 
     return EpochMetrics(log_every_epoch=True)
@@ -339,8 +359,13 @@ def log_fit(fitted: FitResult) -> None:
     """
     import mlflow
 
-    mlflow.log_metrics({"fit_seconds": fitted.fit_seconds, "samples_per_second": fitted.samples_per_second,
-                        "stopped_epoch": fitted.stopped_epoch})
+    mlflow.log_metrics(
+        {
+            "fit_seconds": fitted.fit_seconds,
+            "samples_per_second": fitted.samples_per_second,
+            "stopped_epoch": fitted.stopped_epoch,
+        }
+    )
     if fitted.best_epoch is not None:
         mlflow.log_metric("best_epoch", fitted.best_epoch)
     if fitted.kept_epoch != fitted.stopped_epoch:
@@ -374,14 +399,14 @@ def log_evaluation(evaluation: Evaluation, class_names: Sequence[str], model_id:
     import mlflow
 
     metrics = {"test_loss": evaluation.loss, "test_accuracy": evaluation.accuracy}
-    for index, (precision, recall) in enumerate(zip(evaluation.precision, evaluation.recall)):
+    for index, (precision, recall) in enumerate(zip(evaluation.precision, evaluation.recall, strict=True)):
         metrics[f"test_precision_class_{index}"] = float(precision)
         metrics[f"test_recall_class_{index}"] = float(recall)
     mlflow.log_metrics(metrics, model_id=model_id)
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["true \\ predicted", *class_names])
-    writer.writerows([name, *row] for name, row in zip(class_names, evaluation.confusion.tolist()))
+    writer.writerows([name, *row] for name, row in zip(class_names, evaluation.confusion.tolist(), strict=True))
     mlflow.log_text(table.getvalue(), "evaluation/confusion_matrix.csv")
 
 

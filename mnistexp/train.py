@@ -9,25 +9,16 @@ import platform
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
-from omegaconf import DictConfig
 
+from mnistexp.config import OPTIMIZERS, EarlyStoppingConfig, OptimizerConfig, TrainerConfig
 from mnistexp.data import Dataset
-from mnistexp.errors import Terminated, TrainingDiverged
-
-OPTIMIZER_CLASSES = {
-    "adam": keras.optimizers.Adam,
-    "adamw": keras.optimizers.AdamW,
-    "sgd": keras.optimizers.SGD,
-    "rmsprop": keras.optimizers.RMSprop,
-    "nadam": keras.optimizers.Nadam,
-    "adagrad": keras.optimizers.Adagrad,
-}
+from mnistexp.errors import Terminated, TrainingDivergedError
 
 
 @dataclass(frozen=True)
@@ -35,25 +26,26 @@ class FitResult:
     history: dict[str, list[float]]  # metric name -> one value per epoch trained (val_* with a validation split)
     fit_seconds: float
     samples_per_second: float
-    stopped_epoch: int               # the last epoch trained (0-based, as Keras counts)
-    best_epoch: int | None           # early stopping's best epoch by its monitor; None without early stopping
-    kept_epoch: int                  # the epoch whose weights the model holds now (best_epoch if restored)
+    stopped_epoch: int  # the last epoch trained (0-based, as Keras counts)
+    best_epoch: int | None  # early stopping's best epoch by its monitor; None without early stopping
+    kept_epoch: int  # the epoch whose weights the model holds now (best_epoch if restored)
 
     def kept_metrics(self) -> dict[str, float]:
         """Every per-epoch figure of the epoch whose weights were kept."""
         return {name: values[self.kept_epoch] for name, values in self.history.items()}
 
 
-def configure_runtime(seed: int, deterministic: bool, threads: int) -> dict[str, str]:
+def configure_runtime(seed: int, trainer_cfg: TrainerConfig) -> dict[str, str]:
     """A clean, seeded TensorFlow for this job; returns the facts that identical results depend on."""
-    _set_threads(threads)
+    _set_threads(trainer_cfg.threads)
     keras.backend.clear_session()  # sweeps run many jobs in one process: start each from nothing
     keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow, including fit's shuffling
-    if deterministic:
+    if trainer_cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf_threads = tf.config.threading
     return {
-        "runtime.deterministic_ops": str(deterministic),
+        "runtime.deterministic_ops": str(trainer_cfg.deterministic),
+        "runtime.xla": str(uses_xla(trainer_cfg)),
         "runtime.onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
         "runtime.intra_op_threads": str(tf_threads.get_intra_op_parallelism_threads() or "auto"),
         "runtime.inter_op_threads": str(tf_threads.get_inter_op_parallelism_threads() or "auto"),
@@ -76,13 +68,23 @@ def _set_threads(threads: int) -> None:
         pass  # already running: the runtime.* tags record what this job actually used
 
 
-def compile_model(model: keras.Model, optimizer_cfg: DictConfig, trainer_cfg: DictConfig) -> None:
-    optimizer = OPTIMIZER_CLASSES[optimizer_cfg.name](learning_rate=optimizer_cfg.learning_rate)
-    model.compile(optimizer=optimizer, loss=trainer_cfg.loss, metrics=["accuracy"])
+def compile_model(model: keras.Model, optimizer_cfg: OptimizerConfig, trainer_cfg: TrainerConfig) -> None:
+    """The configured optimizer (config.OPTIMIZERS names its Keras class) and loss."""
+    optimizer = getattr(keras.optimizers, OPTIMIZERS[optimizer_cfg.name])(learning_rate=optimizer_cfg.learning_rate)
+    # Keras's own functions (fit, evaluate, predict) turn XLA off under op determinism anyway.
+    keras_xla = trainer_cfg.jit_compile and not trainer_cfg.deterministic
+    model.compile(optimizer=optimizer, loss=trainer_cfg.loss, metrics=["accuracy"], jit_compile=keras_xla)
 
 
-def fit(model: keras.Model, data: Dataset, trainer_cfg: DictConfig, callbacks: list[keras.callbacks.Callback],
-        seed: int) -> FitResult:
+def uses_xla(trainer_cfg: TrainerConfig) -> bool:
+    """Whether training runs under XLA: the compiled engine's loops follow trainer.jit_compile;
+    Keras's model.fit also needs trainer.deterministic off (Keras turns XLA off under op determinism)."""
+    return trainer_cfg.jit_compile and (trainer_cfg.engine == "compiled" or not trainer_cfg.deterministic)
+
+
+def fit(
+    model: keras.Model, data: Dataset, trainer_cfg: TrainerConfig, callbacks: list[keras.callbacks.Callback], seed: int
+) -> FitResult:
     """Train on the training split with the configured engine; a NaN loss stops training and raises.
 
     Both engines make the same updates: `batch_size` examples per step, the training set
@@ -91,35 +93,53 @@ def fit(model: keras.Model, data: Dataset, trainer_cfg: DictConfig, callbacks: l
     """
     early_stopping = _early_stopping(trainer_cfg.early_stopping)
     callbacks = [keras.callbacks.TerminateOnNaN(), *([early_stopping] if early_stopping else []), *callbacks]
-    validation = (data.x_val, data.y_val) if data.has_validation else None
+    validation = data.validation
     with _signals_wait_for_batch_end() as stop:
         if trainer_cfg.engine == "keras_fit":
             started = time.perf_counter()
-            history = model.fit(data.x_train, data.y_train, epochs=trainer_cfg.epochs,
-                                batch_size=trainer_cfg.batch_size, shuffle=trainer_cfg.shuffle,
-                                validation_data=validation, validation_batch_size=trainer_cfg.eval_batch_size,
-                                verbose=trainer_cfg.verbose, callbacks=[stop, *callbacks]).history
+            history = model.fit(
+                data.x_train,
+                data.y_train,
+                epochs=trainer_cfg.epochs,
+                batch_size=trainer_cfg.batch_size,
+                shuffle=trainer_cfg.shuffle,
+                validation_data=validation,
+                validation_batch_size=trainer_cfg.eval_batch_size,
+                verbose=trainer_cfg.verbose,
+                callbacks=[stop, *callbacks],
+            ).history
         else:
             started = time.perf_counter()
             history = CompiledEngine(model, data, trainer_cfg, seed).fit([stop, *callbacks])
         seconds = time.perf_counter() - started
     losses = history.get("loss", [])
     if model.stop_training and losses and not all(map(math.isfinite, losses)):
-        raise TrainingDiverged(
+        raise TrainingDivergedError(
             f"training loss became NaN/inf in epoch {len(losses)}; try a lower optimizer.learning_rate"
         )
     stopped = len(losses) - 1
+    best_epoch = early_stopping.best_epoch if early_stopping is not None else None
     restored = early_stopping is not None and early_stopping.restore_best_weights and early_stopping.best_weights
-    return FitResult(history, seconds, len(data.x_train) * len(losses) / seconds if seconds > 0 else 0.0,
-                     stopped_epoch=stopped, best_epoch=early_stopping.best_epoch if early_stopping else None,
-                     kept_epoch=early_stopping.best_epoch if restored else stopped)
+    return FitResult(
+        history,
+        seconds,
+        len(data.x_train) * len(losses) / seconds if seconds > 0 else 0.0,
+        stopped_epoch=stopped,
+        best_epoch=best_epoch,
+        kept_epoch=best_epoch if restored and best_epoch is not None else stopped,
+    )
 
 
-def _early_stopping(cfg: DictConfig) -> keras.callbacks.EarlyStopping | None:
+def _early_stopping(cfg: EarlyStoppingConfig) -> keras.callbacks.EarlyStopping | None:
     if not cfg.enabled:
         return None
-    return keras.callbacks.EarlyStopping(monitor=cfg.monitor, mode=cfg.mode, patience=cfg.patience,
-                                         min_delta=cfg.min_delta, restore_best_weights=cfg.restore_best_weights)
+    return keras.callbacks.EarlyStopping(
+        monitor=cfg.monitor,
+        mode=cfg.mode,
+        patience=cfg.patience,
+        min_delta=cfg.min_delta,
+        restore_best_weights=cfg.restore_best_weights,
+    )
 
 
 class CompiledEngine:
@@ -135,31 +155,42 @@ class CompiledEngine:
 
     SLICE_SECONDS = 0.2
 
-    def __init__(self, model: keras.Model, data: Dataset, trainer_cfg: DictConfig, seed: int) -> None:
+    def __init__(self, model: keras.Model, data: Dataset, trainer_cfg: TrainerConfig, seed: int) -> None:
         self.model, self.cfg = model, trainer_cfg
         self.images, self.labels = tf.constant(data.x_train), tf.constant(data.y_train.astype(np.int32))
         self.train_steps = _compiled_train_steps(model, self.images, self.labels, trainer_cfg.jit_compile)
         self.validation = None
-        if data.has_validation:
-            val_images, val_labels = tf.constant(data.x_val), tf.constant(data.y_val.astype(np.int32))
-            self.validation = (_compiled_evaluation(model, val_images, val_labels, trainer_cfg.eval_batch_size,
-                                                    trainer_cfg.jit_compile), len(data.y_val))
-        self.shuffler = np.random.default_rng(seed)
+        if data.validation is not None:
+            x_val, y_val = data.validation
+            evaluate = _compiled_evaluation(
+                model,
+                tf.constant(x_val),
+                tf.constant(y_val.astype(np.int32)),
+                trainer_cfg.eval_batch_size,
+                trainer_cfg.jit_compile,
+            )
+            self.validation = (evaluate, len(y_val))
+        self.orders = epoch_orders(int(self.images.shape[0]), seed, trainer_cfg.shuffle)
         self.steps_per_slice = 8  # grows to SLICE_SECONDS' worth once a slice has been timed
 
     def fit(self, callbacks: list[keras.callbacks.Callback]) -> dict[str, list[float]]:
         size, batch = int(self.images.shape[0]), self.cfg.batch_size
         steps = -(-size // batch)
         callback_list = keras.callbacks.CallbackList(
-            callbacks, add_history=True, add_progbar=self.cfg.verbose != 0, model=self.model,
-            verbose=self.cfg.verbose, epochs=self.cfg.epochs, steps=steps,
+            callbacks,
+            add_history=True,
+            add_progbar=self.cfg.verbose != 0,
+            model=self.model,
+            verbose=self.cfg.verbose,
+            epochs=self.cfg.epochs,
+            steps=steps,
         )
         self.model.stop_training = False
         callback_list.on_train_begin()
         logs: dict[str, float] = {}
         for epoch in range(self.cfg.epochs):
             callback_list.on_epoch_begin(epoch)
-            order = (self.shuffler.permutation(size) if self.cfg.shuffle else np.arange(size)).astype(np.int32)
+            order = next(self.orders)
             loss_sum, correct = 0.0, 0
             for done, slice_loss, slice_correct in self._epoch_in_slices(order, batch):
                 loss_sum, correct = loss_sum + slice_loss, correct + slice_correct
@@ -181,7 +212,7 @@ class CompiledEngine:
         full_steps, remainder = divmod(len(order), batch)
         blocks = [(order[: full_steps * batch].reshape(full_steps, batch), full_steps)]
         if remainder:  # the last, smaller batch, as fit makes it
-            blocks.append((order[full_steps * batch:].reshape(1, remainder), 1))
+            blocks.append((order[full_steps * batch :].reshape(1, remainder), 1))
         done = 0
         for block, block_steps in blocks:
             block = tf.constant(block)
@@ -201,6 +232,14 @@ class CompiledEngine:
             self.steps_per_slice = max(1, min(int(steps * self.SLICE_SECONDS / seconds), 4 * steps))
 
 
+def epoch_orders(size: int, seed: int, shuffle: bool) -> Iterator[np.ndarray]:
+    """The order the compiled engine visits the training examples in, epoch after epoch: a new
+    permutation every epoch from NumPy's generator seeded with `seed`, or 0..size-1 without shuffle."""
+    shuffler = np.random.default_rng(seed)
+    while True:
+        yield (shuffler.permutation(size) if shuffle else np.arange(size)).astype(np.int32)
+
+
 def _compiled_train_steps(model: keras.Model, images: tf.Tensor, labels: tf.Tensor, jit_compile: bool):
     """A function of a [steps, batch] block of example indices and a step range that runs those
     optimizer steps and returns their sample-weighted loss sum and number of correct predictions."""
@@ -215,7 +254,7 @@ def _compiled_train_steps(model: keras.Model, images: tf.Tensor, labels: tf.Tens
             with tf.GradientTape() as tape:
                 scores = model(x, training=True)
                 loss = model.compute_loss(x=x, y=y, y_pred=scores, training=True)
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
             weight = tf.cast(tf.shape(indices)[0], tf.float32)
             return i + 1, loss_sum + loss * weight, correct + _hits(scores, y)
 
@@ -238,8 +277,9 @@ def _compiled_evaluation(model: keras.Model, images: tf.Tensor, labels: tf.Tenso
             loss = model.compute_loss(x=x, y=y, y_pred=scores, training=False)
             return i + 1, loss_sum + loss * tf.cast(tf.shape(indices)[0], tf.float32), correct + _hits(scores, y)
 
-        _, loss_sum, correct = tf.while_loop(lambda i, *_: i < tf.shape(index_block)[0], chunk,
-                                             (tf.constant(0), tf.constant(0.0), tf.constant(0)))
+        _, loss_sum, correct = tf.while_loop(
+            lambda i, *_: i < tf.shape(index_block)[0], chunk, (tf.constant(0), tf.constant(0.0), tf.constant(0))
+        )
         return loss_sum, correct
 
     size = int(images.shape[0])
@@ -247,7 +287,7 @@ def _compiled_evaluation(model: keras.Model, images: tf.Tensor, labels: tf.Tenso
     order = np.arange(size, dtype=np.int32)
     blocks = [tf.constant(order[: full * batch].reshape(full, batch))] if full else []
     if remainder:
-        blocks.append(tf.constant(order[full * batch:].reshape(1, remainder)))
+        blocks.append(tf.constant(order[full * batch :].reshape(1, remainder)))
 
     def evaluate() -> tuple[float, int]:
         results = [evaluate_block(block) for block in blocks]
@@ -290,8 +330,11 @@ def _signals_wait_for_batch_end() -> Iterator[_StopAtBatchEnd]:
             raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         stop.pending = signum
 
-    previous = {signum: signal.signal(signum, record) for signum in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(signum) not in (signal.SIG_IGN, None)}
+    previous = {
+        signum: signal.signal(signum, record)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(signum) not in (signal.SIG_IGN, None)
+    }
     try:
         yield stop
     finally:

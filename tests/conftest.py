@@ -12,10 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from mnistexp.config import compose
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MNISTEXP = str(Path(sys.executable).parent / "mnistexp")  # the console script that pip installed
+from .helpers import MNISTEXP, REPO_ROOT, clean_env
+
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
 
 
@@ -49,10 +50,10 @@ def run_cli(tmp_path: Path, mnist_path: Path):
     """Run `mnistexp ARGS` in tmp_path as a user would (a new process), on the real MNIST file."""
 
     def _run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-        environment.update({"MNISTEXP_DATA": str(mnist_path), **(env or {})})
-        done = subprocess.run([MNISTEXP, *args], cwd=tmp_path, env=environment,
-                              capture_output=True, text=True, timeout=900)
+        environment = clean_env(MNISTEXP_DATA=str(mnist_path), **(env or {}))
+        done = subprocess.run(
+            [MNISTEXP, *args], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=900
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"mnistexp {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}")
         return done
@@ -70,13 +71,24 @@ def free_port() -> int:
 def mlflow_server(backend_store_uri: str, workdir: Path, artifacts: Path | None = None):
     """`mlflow server` on a free loopback port for the duration of the block; yields its URL."""
     port = free_port()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_store_uri,
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     if artifacts is not None:
         command += ["--artifacts-destination", str(artifacts), "--serve-artifacts"]
     log = workdir / f"mlflow-server-{port}.log"
-    server = subprocess.Popen(command, cwd=workdir, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        command, cwd=workdir, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -11,8 +11,13 @@ BIN = Path(sys.executable).parent  # the console scripts pip installed beside th
 MNISTEXP, MNISTEXP_RUNS = str(BIN / "mnistexp"), str(BIN / "mnistexp-runs")
 
 # A run of a few seconds: a slice of the data, one epoch, no progress bar, no model logged.
-TINY = ("trainer.limit_train_samples=1000", "trainer.limit_test_samples=200", "trainer.epochs=1",
-        "trainer.verbose=0", "tracking.log_model=false")
+TINY = (
+    "trainer.limit_train_samples=1000",
+    "trainer.limit_test_samples=200",
+    "trainer.epochs=1",
+    "trainer.verbose=0",
+    "tracking.log_model=false",
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

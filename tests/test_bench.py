@@ -7,15 +7,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
 
 
 def test_quick_benchmark_writes_a_table_and_an_mlflow_run(tmp_path, mnist_path):
     report = tmp_path / "BENCHMARKS.md"
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MNISTEXP_DATA": str(mnist_path), "MLFLOW_TRACKING_URI": store}
-    done = subprocess.run([str(Path(sys.executable).parent / "mnistexp-bench"), "--quick", "--output", str(report)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "mnistexp-bench"), "--quick", "--output", str(report)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     text = report.read_text()
     for name in ("notebook: Keras model.fit", "mnistexp: compiled epochs"):

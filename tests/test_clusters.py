@@ -1,4 +1,4 @@
-"""Sweeps on real clusters bound to 127.0.0.1: a Ray head (.ci/ray), Ray inside the process, a Slurm node (.ci/slurm)."""
+"""Sweeps on real clusters bound to 127.0.0.1: a Ray head (.ci/ray), Ray in the process, a Slurm node (.ci/slurm)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,12 @@ pytestmark = pytest.mark.slow
 RAY_LOOPBACK = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
-    "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-    "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-    "no_proxy": "127.0.0.1,localhost,::1", "NO_PROXY": "127.0.0.1,localhost,::1",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "no_proxy": "127.0.0.1,localhost,::1",
+    "NO_PROXY": "127.0.0.1,localhost,::1",
 }
 LOOPBACK = ("127.", "[::1]:", "[::ffff:127.")
 NO_PEER = ("*:*", "0.0.0.0:*", "[::]:*")  # a listening socket's peer
@@ -31,14 +34,16 @@ RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "DashboardA", "RuntimeEnv", "m
 
 def sourced(env_file: Path) -> dict[str, str]:
     """The `export NAME=VALUE` lines of a script's env.sh."""
-    pairs = [line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines()
-             if line.startswith("export ")]
-    return {name: value for name, value in pairs}
+    pairs = [
+        line.removeprefix("export ").split("=", 1)
+        for line in env_file.read_text().splitlines()
+        if line.startswith("export ")
+    ]
+    return dict(pairs)
 
 
 def sweep(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([MNISTEXP, "-m", *args], cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run([MNISTEXP, "-m", *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
 
 
 def off_loopback_sockets(process_words: tuple[str, ...]) -> list[str]:
@@ -58,8 +63,12 @@ def off_loopback_sockets(process_words: tuple[str, ...]) -> list[str]:
 def ray_head(tmp_path_factory):
     """A Ray head on 127.0.0.1 with token auth; yields the environment a driver needs."""
     state = tmp_path_factory.mktemp("ray_head")
-    subprocess.run(["bash", str(REPO_ROOT / ".ci" / "ray"), "start", str(state), "--num-cpus=2"], check=True,
-                   env=clean_env(**RAY_LOOPBACK), timeout=300)
+    subprocess.run(
+        ["bash", str(REPO_ROOT / ".ci" / "ray"), "start", str(state), "--num-cpus=2"],
+        check=True,
+        env=clean_env(**RAY_LOOPBACK),
+        timeout=300,
+    )
     try:
         yield {**RAY_LOOPBACK, **sourced(state / "env.sh")}
     finally:
@@ -70,8 +79,15 @@ def test_a_sweep_on_a_ray_cluster_nests_every_job_under_one_parent(ray_head, tmp
     env = clean_env(**ray_head)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # The head's workers have the head's environment: the store and the data come with the sweep.
-    done = sweep(tmp_path, env, "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_head['RAY_CI_ADDRESS']}",
-                 "model.hidden_units=0,16,32", f"data.path={mnist_path}", *TINY)
+    done = sweep(
+        tmp_path,
+        env,
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={ray_head['RAY_CI_ADDRESS']}",
+        "model.hidden_units=0,16,32",
+        f"data.path={mnist_path}",
+        *TINY,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert off_loopback_sockets(RAY_PROCESSES) == []
     parent, children = only_children(MlflowClient(uri))
@@ -83,13 +99,21 @@ def test_a_sweep_on_a_ray_cluster_nests_every_job_under_one_parent(ray_head, tmp
 
 def test_a_job_that_raises_on_ray_is_a_failed_child_and_the_sweep_exits_1(ray_head, tmp_path, mnist_path):
     env = clean_env(**ray_head, MNISTEXP_DATA=str(mnist_path))
-    done = sweep(tmp_path, env, "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_head['RAY_CI_ADDRESS']}",
-                 "model.hidden_units=-1,16", *TINY)
+    done = sweep(
+        tmp_path,
+        env,
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={ray_head['RAY_CI_ADDRESS']}",
+        "model.hidden_units=-1,16",
+        *TINY,
+    )
     assert done.returncode == 1, done.stderr[-4000:]
     assert "mnistexp: error: job model.hidden_units=-1 FAILED" in done.stderr
     parent, children = only_children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert {child.data.params["model.hidden_units"]: child.info.status for child in children} == {
-        "-1": "FAILED", "16": "FINISHED"}
+        "-1": "FAILED",
+        "16": "FINISHED",
+    }
     assert parent.info.status == "FAILED"
 
 
@@ -97,8 +121,15 @@ def test_a_sweep_on_ray_started_inside_the_process(tmp_path, mnist_path):
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     try:
         env = clean_env(**RAY_LOOPBACK, RAY_AUTH_MODE="disabled", MNISTEXP_DATA=str(mnist_path))
-        done = sweep(tmp_path, env, "hydra/launcher=ray", f"+hydra.launcher.ray.init._temp_dir={temp_dir}",
-                     "+hydra.launcher.ray.init.num_cpus=2", "model.hidden_units=0,16,32", *TINY)
+        done = sweep(
+            tmp_path,
+            env,
+            "hydra/launcher=ray",
+            f"+hydra.launcher.ray.init._temp_dir={temp_dir}",
+            "+hydra.launcher.ray.init.num_cpus=2",
+            "model.hidden_units=0,16,32",
+            *TINY,
+        )
         assert done.returncode == 0, done.stderr[-4000:]
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -113,8 +144,9 @@ def slurm():
     state = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
     state.chmod(0o755)  # munged refuses a socket under a folder that not everyone may enter (pytest's are 0700)
     try:
-        started = subprocess.run(["bash", str(REPO_ROOT / ".ci" / "slurm"), "start", str(state)], timeout=600,
-                                 capture_output=True, text=True)
+        started = subprocess.run(
+            ["bash", str(REPO_ROOT / ".ci" / "slurm"), "start", str(state)], timeout=600, capture_output=True, text=True
+        )
         assert started.returncode == 0, started.stderr[-3000:]
         yield sourced(state / "env.sh")
     finally:
@@ -122,8 +154,12 @@ def slurm():
         shutil.rmtree(state, ignore_errors=True)
 
 
-SLURM_FITS_TWO_CORES = ["hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
-                        "hydra.launcher.mem_gb=1", "trainer.threads=1"]
+SLURM_FITS_TWO_CORES = [
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "trainer.threads=1",
+]
 
 
 def test_the_slurm_experiment_runs_on_slurm(slurm, tmp_path, mnist_path):
@@ -134,22 +170,36 @@ def test_the_slurm_experiment_runs_on_slurm(slurm, tmp_path, mnist_path):
     assert parent.info.status == "FINISHED"
     assert sorted(child.data.params["model.hidden_units"] for child in children) == ["0", "16"]
     assert all(child.info.status == "FINISHED" for child in children)
-    accounted = subprocess.run(["sacct", "-X", "-n", "-o", "JobName,State"], env=env, capture_output=True,
-                               text=True, check=True).stdout
+    accounted = subprocess.run(
+        ["sacct", "-X", "-n", "-o", "JobName,State"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert accounted.count("COMPLETED") >= 2  # the jobs really went through Slurm
 
 
 def test_a_failed_and_a_cancelled_slurm_job_are_never_left_running(slurm, tmp_path, mnist_path):
     env = clean_env(**slurm, MNISTEXP_DATA=str(mnist_path))
     store = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    long_job = ["trainer.limit_train_samples=30000", "trainer.limit_test_samples=200", "trainer.epochs=20",
-                "trainer.verbose=0", "tracking.log_model=false"]
-    process = subprocess.Popen([MNISTEXP, "-m", "experiment=slurm_sweep", "model.hidden_units=-1,0",
-                                *SLURM_FITS_TWO_CORES, *long_job], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    long_job = [
+        "trainer.limit_train_samples=30000",
+        "trainer.limit_test_samples=200",
+        "trainer.epochs=20",
+        "trainer.verbose=0",
+        "tracking.log_model=false",
+    ]
+    process = subprocess.Popen(
+        [MNISTEXP, "-m", "experiment=slurm_sweep", "model.hidden_units=-1,0", *SLURM_FITS_TWO_CORES, *long_job],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 300
-    while not any(run.info.status == "RUNNING" and store.get_metric_history(run.info.run_id, "loss")
-                  for run in all_runs(store) if "mlflow.parentRunId" in run.data.tags):
+    while not any(
+        run.info.status == "RUNNING" and store.get_metric_history(run.info.run_id, "loss")
+        for run in all_runs(store)
+        if "mlflow.parentRunId" in run.data.tags
+    ):
         assert time.monotonic() < deadline and process.poll() is None, "the long job never started training"
         time.sleep(1)
     queue = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
-from mnistexp.config import ConfigError, hidden_layer_sizes, validate
+from mnistexp.config import ConfigError, compose, hidden_layer_sizes, validate
 
-from .conftest import MNISTEXP
+from .helpers import MNISTEXP, REPO_ROOT
 
 
 def test_defaults_are_the_notebooks_model_a(compose_cfg):
@@ -76,7 +74,6 @@ def test_fashion_mnist_ignores_the_mnist_path(compose_cfg, monkeypatch):
         ("optimizer.name=nosuch", "optimizer.name"),
         ("optimizer.learning_rate=-0.1", "optimizer.learning_rate"),
         ("optimizer.learning_rate=nan", "optimizer.learning_rate"),
-        ("preprocess.flatten=false", "preprocess.flatten"),
         ("seed=-1", "seed"),
         ("tracking.experiment=' '", "tracking.experiment"),
         ("+nosuchkey=1", "nosuchkey"),
@@ -114,8 +111,15 @@ def without_tensorflow_or_mlflow(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(tmp_path)}
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["model.hidden_units=100", "--cfg", "job"],
-                                  ["experiment=seed_hidden_100", "--cfg", "job"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["--cfg", "job"],
+        ["model.hidden_units=100", "--cfg", "job"],
+        ["experiment=seed_hidden_100", "--cfg", "job"],
+    ],
+)
 def test_help_and_cfg_never_import_tensorflow_or_mlflow(args, without_tensorflow_or_mlflow):
     done = subprocess.run([MNISTEXP, *args], env=without_tensorflow_or_mlflow, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -124,12 +128,30 @@ def test_help_and_cfg_never_import_tensorflow_or_mlflow(args, without_tensorflow
 
 
 def test_a_bad_value_is_one_line_without_tensorflow(without_tensorflow_or_mlflow):
-    done = subprocess.run([MNISTEXP, "model.hidden_units=-1"], env=without_tensorflow_or_mlflow,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [MNISTEXP, "model.hidden_units=-1"], env=without_tensorflow_or_mlflow, capture_output=True, text=True
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "mnistexp: error: model.hidden_units must be an integer >= 0 (got -1)"
-    ]
+    assert done.stderr.strip().splitlines() == ["mnistexp: error: model.hidden_units must be an integer >= 0 (got -1)"]
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in (REPO_ROOT / "experiments").glob("*.yaml")))
+def test_every_experiment_composes_and_validates(name):
+    cfg = compose([f"experiment={name}"], return_hydra_config=True)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    validate(cfg)
+
+
+@pytest.mark.parametrize("option", sorted(path.stem for path in (REPO_ROOT / "conf" / "hparams_search").glob("*.yaml")))
+def test_every_search_composes_with_mnistexps_sweeper(option):
+    cfg = compose([f"hparams_search={option}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_ == "mnistexp.search.StudySweeper"
+    assert cfg.hydra.sweeper.direction == "maximize" and cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.hydra.sweeper.storage.startswith("sqlite:///") and cfg.hydra.sweeper.storage.endswith("/optuna.db")
+    with open_dict(cfg):
+        del cfg["hydra"]
+    assert validate(cfg).data.validation_size == 10000
 
 
 @pytest.mark.parametrize(("name", "hidden_units"), [("seed_no_hidden", 0), ("seed_hidden_100", 100)])
@@ -147,3 +169,59 @@ def test_the_slurm_example_composes_with_the_submitit_launcher(compose_cfg):
     validate(compose_cfg("experiment=slurm_sweep"))
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.cpus_per_task == cfg.trainer.threads == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["trainer.epochs=1.5"], "trainer.epochs must be an integer (got 1.5)"),
+        (["trainer.batch_size=abc"], "trainer.batch_size must be an integer (got 'abc')"),
+        (["model=nosuch"], "model=nosuch: no such option (choose from: dense)"),
+        (["model.hidden_units=0,32"], "model.hidden_units=0,32 gives several values: add -m"),
+        (["nosuchkey=1"], "nosuchkey is not a known key"),
+        (["seed=null"], "seed must not be null"),
+        (["-m", "--cfg", "job"], "Only one of --run, --multirun, --cfg"),
+    ],
+)
+def test_hydras_errors_are_one_line_and_exit_2(args, line, without_tensorflow_or_mlflow):
+    done = subprocess.run([MNISTEXP, *args], env=without_tensorflow_or_mlflow, capture_output=True, text=True)
+    assert done.returncode == 2
+    [said] = done.stderr.strip().splitlines()
+    assert said.startswith("mnistexp: error: ") and line in said
+
+
+def test_a_missing_or_broken_experiment_names_what_it_found(tmp_path, without_tensorflow_or_mlflow):
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "mine.yaml").write_text("# @package _global_\nmodel:\n  hidden_units: [1, 2\n")
+    missing = subprocess.run(
+        [MNISTEXP, "experiment=nosuch"], cwd=tmp_path, env=without_tensorflow_or_mlflow, capture_output=True, text=True
+    )
+    assert missing.returncode == 2
+    [said] = missing.stderr.strip().splitlines()
+    assert f"experiment=nosuch: no such experiment in {tmp_path / 'experiments'}" in said
+    assert "found: hidden_sweep, mine, seed_hidden_100, seed_no_hidden, slurm_sweep" in said
+    broken = subprocess.run(
+        [MNISTEXP, "experiment=mine"], cwd=tmp_path, env=without_tensorflow_or_mlflow, capture_output=True, text=True
+    )
+    assert broken.returncode == 2
+    [said] = broken.stderr.strip().splitlines()
+    assert said.startswith(f"mnistexp: error: {tmp_path / 'experiments' / 'mine.yaml'}, line ")
+    assert "not valid YAML" in said
+
+
+def test_hydra_full_error_still_shows_the_traceback(without_tensorflow_or_mlflow):
+    done = subprocess.run(
+        [MNISTEXP, "trainer.epochs=1.5"],
+        env={**without_tensorflow_or_mlflow, "HYDRA_FULL_ERROR": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "Traceback" in done.stderr and "ConfigCompositionException" in done.stderr
+
+
+def test_the_working_directorys_experiment_wins_over_the_packaged_one(tmp_path, monkeypatch):
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "seed_hidden_100.yaml").write_text("# @package _global_\nmodel:\n  hidden_units: 7\n")
+    assert compose(["experiment=seed_hidden_100"]).model.hidden_units == 100
+    monkeypatch.chdir(tmp_path)
+    assert compose(["experiment=seed_hidden_100"]).model.hidden_units == 7

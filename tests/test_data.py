@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnistexp.config import DataConfig
 from mnistexp.data import IDX_FILES, load
 from mnistexp.errors import DataError
 
@@ -38,8 +39,18 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(payload)
 
 
+def data_config(path: Path | str | None) -> DataConfig:
+    return DataConfig(
+        name="mnist",
+        path=None if path is None else str(path),
+        image_shape=list(SHAPE),
+        class_names=[str(digit) for digit in range(10)],
+        validation_size=0,
+    )
+
+
 def load_path(path: Path | str):
-    return load("mnist", str(path), SHAPE, 10)
+    return load(data_config(path))
 
 
 def test_npz_round_trip(tmp_path):
@@ -115,7 +126,7 @@ def test_bad_npz_contents_name_the_file_and_array(tmp_path, changes, message):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(DataError, match="data file not found: .*nope.npz"):
+    with pytest.raises(DataError, match=r"data file not found: .*nope\.npz"):
         load_path(tmp_path / "nope.npz")
 
 
@@ -166,8 +177,9 @@ def test_not_an_idx_file(tmp_path):
         load_path(tmp_path)
 
 
+@pytest.mark.slow
 def test_the_shared_mnist_file_is_the_canonical_one(mnist_path):
-    data = load("mnist", str(mnist_path), SHAPE, 10)
+    data = load(data_config(mnist_path))
     assert data.x_train.shape == (60000, 28, 28) and data.x_test.shape == (10000, 28, 28)
     assert data.y_train[:5].tolist() == [5, 0, 4, 1, 9] and data.y_test[:5].tolist() == [7, 2, 1, 0, 4]
     assert abs(data.x_train.mean() / 255 - 0.1307) < 1e-3
@@ -209,7 +221,7 @@ def test_no_validation_split_leaves_the_training_split_whole():
 def test_a_split_that_leaves_nothing_is_refused_by_key(size):
     from mnistexp.config import ConfigError
 
-    with pytest.raises(ConfigError, match="data.validation_size"):
+    with pytest.raises(ConfigError, match=r"data\.validation_size"):
         labelled().split_validation(size, seed=1)
 
 

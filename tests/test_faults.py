@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -11,10 +10,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import MNISTEXP
+from mnistexp.config import validate
 
-TINY = ["trainer.limit_train_samples=1000", "trainer.limit_test_samples=200", "trainer.epochs=1",
-        "trainer.verbose=0", "tracking.log_model=false"]
+from .helpers import MNISTEXP, TINY, clean_env
+
+pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
 
 
 def all_runs(uri: str) -> list:
@@ -75,10 +75,15 @@ def test_hydras_own_errors_stay_clear(run_cli):
 
 @pytest.mark.parametrize(("signal_number", "exit_status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_in_epoch_two_kills_the_run_and_keeps_epoch_one(tmp_path, mnist_path, signal_number, exit_status):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MNISTEXP_DATA"] = str(mnist_path)
-    process = subprocess.Popen([MNISTEXP, "trainer.verbose=2", "trainer.limit_train_samples=30000"], cwd=tmp_path,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = clean_env(MNISTEXP_DATA=str(mnist_path))
+    process = subprocess.Popen(
+        [MNISTEXP, "trainer.verbose=2", "trainer.limit_train_samples=30000"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in process.stdout:
         if line.startswith("Epoch 2/"):
             break
@@ -92,7 +97,9 @@ def test_a_signal_in_epoch_two_kills_the_run_and_keeps_epoch_one(tmp_path, mnist
     assert [point.step for point in history] == [0]
 
 
-def test_an_error_inside_a_run_ends_it_failed_with_the_message_and_traceback(compose_cfg, store, monkeypatch, mnist_path):
+def test_an_error_inside_a_run_ends_it_failed_with_the_message_and_traceback(
+    compose_cfg, store, monkeypatch, mnist_path
+):
     from mnistexp import job, train
 
     def broken_fit(*args, **kwargs):
@@ -101,7 +108,7 @@ def test_an_error_inside_a_run_ends_it_failed_with_the_message_and_traceback(com
     monkeypatch.setattr(train, "fit", broken_fit)
     cfg = compose_cfg(f"data.path={mnist_path}", f"tracking.uri={store}", *TINY)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        job.run(cfg)
+        job.run(validate(cfg))
     [run] = all_runs(store)
     assert run.info.status == "FAILED"
     assert run.data.tags["mnistexp.error"] == "RuntimeError: disk on fire"
@@ -112,7 +119,11 @@ def test_an_error_inside_a_run_ends_it_failed_with_the_message_and_traceback(com
 def test_a_failed_job_does_not_stop_a_sweep(run_cli, tmp_path):
     done = run_cli("-m", "model.hidden_units=-1,16", *TINY, check=False)
     assert done.returncode == 1
-    failures = [line for line in done.stderr.splitlines() if line.startswith("mnistexp: error: job model.hidden_units=-1 FAILED")]
+    failures = [
+        line
+        for line in done.stderr.splitlines()
+        if line.startswith("mnistexp: error: job model.hidden_units=-1 FAILED")
+    ]
     assert len(failures) == 1 and "must be an integer >= 0" in failures[0]
     runs = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = next(run for run in runs if run.data.tags.get("mnistexp.sweep") == "parent")
@@ -123,10 +134,18 @@ def test_a_failed_job_does_not_stop_a_sweep(run_cli, tmp_path):
 
 
 def test_processes_starting_together_on_a_new_store_all_succeed(tmp_path, mnist_path):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MNISTEXP_DATA"] = str(mnist_path)
-    processes = [subprocess.Popen([MNISTEXP, *TINY, f"seed={seed}"], cwd=tmp_path, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in range(3)]
+    env = clean_env(MNISTEXP_DATA=str(mnist_path))
+    processes = [
+        subprocess.Popen(
+            [MNISTEXP, *TINY, f"seed={seed}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(3)
+    ]
     errors = [process.communicate(timeout=600)[1] for process in processes]
     assert [process.returncode for process in processes] == [0, 0, 0], [e[-1500:] for e in errors]
     runs = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -136,17 +155,22 @@ def test_processes_starting_together_on_a_new_store_all_succeed(tmp_path, mnist_
 
 def test_the_runs_command_names_an_unreachable_store():
     runs = str(Path(MNISTEXP).parent / "mnistexp-runs")
-    done = subprocess.run([runs, "--tracking-uri", "http://127.0.0.1:9", "compare"], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [runs, "--tracking-uri", "http://127.0.0.1:9", "compare"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        "mnistexp-runs: error: cannot reach the MLflow tracking server http://127.0.0.1:9")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("mnistexp-runs: error: cannot reach the MLflow tracking server http://127.0.0.1:9")
+    )
 
 
 def test_the_runs_command_names_a_missing_run(tmp_path):
     runs = str(Path(MNISTEXP).parent / "mnistexp-runs")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = subprocess.run([runs, "--tracking-uri", store, "reproduce", "0" * 32], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [runs, "--tracking-uri", store, "reproduce", "0" * 32], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"no run {'0' * 32} in {store}" in done.stderr

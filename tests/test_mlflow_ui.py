@@ -9,21 +9,25 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import MNISTEXP, mlflow_server
+from .conftest import mlflow_server
+from .helpers import MNISTEXP, TINY, clean_env
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = os.environ.get("MNISTEXP_CHROMIUM", "/usr/bin/chromium")
-TINY = ["trainer.limit_train_samples=1000", "trainer.limit_test_samples=300", "trainer.epochs=1",
-        "trainer.verbose=0", "tracking.log_model=false"]
 
 
 @pytest.fixture
 def sweep_store(tmp_path, mnist_path) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MNISTEXP_DATA"] = str(mnist_path)
-    done = subprocess.run([MNISTEXP, "-m", "model.hidden_units=0,16,32", *TINY], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
+    env = clean_env(MNISTEXP_DATA=str(mnist_path))
+    done = subprocess.run(
+        [MNISTEXP, "-m", "model.hidden_units=0,16,32", *TINY],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
@@ -41,15 +45,21 @@ def test_sweep_children_appear_in_the_mlflow_ui(ui_server, sweep_store, tmp_path
 
     client = MlflowClient(sweep_store)
     experiment = client.get_experiment_by_name("mnistexp")
-    children = [run for run in client.search_runs([experiment.experiment_id])
-                if "mlflow.parentRunId" in run.data.tags]
+    children = [run for run in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in run.data.tags]
     assert len(children) == 3
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-                  "--no-first-run", "--disable-component-update", "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
@@ -64,8 +74,10 @@ def test_sweep_children_appear_in_the_mlflow_ui(ui_server, sweep_store, tmp_path
             page.screenshot(path=str(tmp_path / "experiment.png"), full_page=True)
 
             for child in children:
-                page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}"
-                          "?workflowType=machine_learning")
+                page.goto(
+                    f"{ui_server}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}"
+                    "?workflowType=machine_learning"
+                )
                 page.get_by_text("test_accuracy", exact=True).first.wait_for(timeout=60_000)
                 page.get_by_text("model.hidden_units", exact=True).first.wait_for(timeout=30_000)
                 lines = page.inner_text("body").splitlines()

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")  # noqa: E402  (installed with the package; fails loudly if broken)
-
-from mnistexp import model as model_lib  # noqa: E402
-from mnistexp import train  # noqa: E402
-from mnistexp.data import Dataset  # noqa: E402
-from mnistexp.errors import TrainingDiverged  # noqa: E402
-from mnistexp.evaluate import evaluate, per_class_precision_recall  # noqa: E402
+from mnistexp import model as model_lib
+from mnistexp import train
+from mnistexp.config import validate
+from mnistexp.data import Dataset
+from mnistexp.errors import TrainingDivergedError
+from mnistexp.evaluate import evaluate, per_class_precision_recall
 
 
 def build(compose_cfg, *overrides):
-    cfg = compose_cfg(*overrides)
-    return cfg, model_lib.build(cfg.model, cfg.preprocess, cfg.data.image_shape, len(cfg.data.class_names))
+    cfg = validate(compose_cfg(*overrides))
+    return cfg, model_lib.build(cfg.model, cfg.preprocess, cfg.data)
 
 
 @pytest.mark.parametrize(
     ("hidden_units", "params", "dense_layers"),
-    [("0", 7_850, [10]), ("100", 79_510, [100, 10]), ("[256,128]", 784 * 256 + 256 + 256 * 128 + 128 + 1290,
-                                                       [256, 128, 10])],
+    [
+        ("0", 7_850, [10]),
+        ("100", 79_510, [100, 10]),
+        ("[256,128]", 784 * 256 + 256 + 256 * 128 + 128 + 1290, [256, 128, 10]),
+    ],
 )
 def test_parameter_counts_and_layers(compose_cfg, hidden_units, params, dense_layers):
     _, model = build(compose_cfg, f"model.hidden_units={hidden_units}")
@@ -42,11 +45,21 @@ def test_the_model_takes_raw_uint8_images_and_scales_them_itself(compose_cfg):
     np.testing.assert_allclose(model.predict(images, verbose=0), expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["adam", "sgd", "rmsprop"])
-def test_compile_uses_the_configured_optimizer_and_loss(compose_cfg, name):
-    cfg, model = build(compose_cfg, f"optimizer={name}", "optimizer.learning_rate=0.005")
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("adam", keras.optimizers.Adam),
+        ("adamw", keras.optimizers.AdamW),
+        ("sgd", keras.optimizers.SGD),
+        ("rmsprop", keras.optimizers.RMSprop),
+        ("nadam", keras.optimizers.Nadam),
+        ("adagrad", keras.optimizers.Adagrad),
+    ],
+)
+def test_compile_uses_the_configured_optimizer_and_loss(compose_cfg, name, expected):
+    cfg, model = build(compose_cfg, f"optimizer.name={name}", "optimizer.learning_rate=0.005")
     train.compile_model(model, cfg.optimizer, cfg.trainer)
-    assert isinstance(model.optimizer, train.OPTIMIZER_CLASSES[name])
+    assert type(model.optimizer) is expected
     assert float(model.optimizer.learning_rate) == pytest.approx(0.005)
     assert model.loss == "sparse_categorical_crossentropy"
 
@@ -64,21 +77,26 @@ def test_fit_and_evaluate_on_a_learnable_toy_problem(compose_cfg):
     fitted = train.fit(model, data, cfg.trainer, [], cfg.seed)
     assert len(fitted.history["loss"]) == 3 and fitted.history["loss"][-1] < fitted.history["loss"][0]
     assert fitted.fit_seconds > 0 and fitted.samples_per_second > 0
-    result = evaluate(model, data, batch_size=32, num_classes=10)
+    result = evaluate(model, data, cfg.trainer, cfg.data)
     assert result.accuracy == pytest.approx((result.predictions == data.y_test).mean())
     assert result.accuracy > 0.95
     assert result.confusion.sum() == 100 and np.trace(result.confusion) == round(result.accuracy * 100)
 
 
 def test_nan_loss_stops_training_with_a_clear_error(compose_cfg):
-    data = Dataset(np.full((64, 28, 28), 255, np.uint8), np.zeros(64, np.uint8),
-                   np.zeros((8, 28, 28), np.uint8), np.zeros(8, np.uint8), source="toy")
+    data = Dataset(
+        np.full((64, 28, 28), 255, np.uint8),
+        np.zeros(64, np.uint8),
+        np.zeros((8, 28, 28), np.uint8),
+        np.zeros(8, np.uint8),
+        source="toy",
+    )
     cfg, model = build(compose_cfg, "trainer.epochs=3", "trainer.verbose=0")
     train.compile_model(model, cfg.optimizer, cfg.trainer)
     model.get_layer("output").set_weights([np.full((784, 10), np.nan, np.float32), np.zeros(10, np.float32)])
     epochs_seen = []
     spy = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs_seen.append(epoch))
-    with pytest.raises(TrainingDiverged, match="NaN/inf in epoch 1"):
+    with pytest.raises(TrainingDivergedError, match="NaN/inf in epoch 1"):
         train.fit(model, data, cfg.trainer, [spy], cfg.seed)
     assert epochs_seen == [0]  # TerminateOnNaN stopped training inside the first epoch
 
@@ -93,47 +111,53 @@ def test_per_class_precision_and_recall():
 
 @pytest.mark.parametrize("train_size", [256, 250])  # 250: the last batch is smaller, as fit makes it
 def test_the_compiled_engine_makes_the_same_updates_as_keras_fit(compose_cfg, train_size):
+    """With shuffling on: model.fit is fed each epoch in the order the compiled engine uses."""
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (train_size + 50, 28, 28)).astype(np.uint8)
     labels = rng.integers(0, 10, train_size + 50).astype(np.uint8)
     data = Dataset(images[:train_size], labels[:train_size], images[train_size:], labels[train_size:], "toy",
                    x_val=images[train_size + 10:], y_val=labels[train_size + 10:])
-    results = {}
-    for engine in ("keras_fit", "compiled"):
-        cfg, model = build(compose_cfg, "model.hidden_units=16", "trainer.epochs=2", "trainer.verbose=0",
-                           "trainer.shuffle=false", f"trainer.engine={engine}", "trainer.eval_batch_size=16")
-        keras.utils.set_random_seed(cfg.seed)
-        model = model_lib.build(cfg.model, cfg.preprocess, cfg.data.image_shape, 10)  # same initial weights
-        train.compile_model(model, cfg.optimizer, cfg.trainer)
-        fitted = train.fit(model, data, cfg.trainer, [], cfg.seed)
-        results[engine] = (fitted.history, model.get_weights(), int(model.optimizer.iterations.numpy()))
-    (fit_history, fit_weights, fit_steps), (our_history, our_weights, our_steps) = results.values()
-    assert our_steps == fit_steps == 2 * -(-train_size // 32)
-    np.testing.assert_allclose(our_history["loss"], fit_history["loss"], rtol=1e-4)
-    np.testing.assert_allclose(our_history["accuracy"], fit_history["accuracy"], atol=1e-6)
-    np.testing.assert_allclose(our_history["val_loss"], fit_history["val_loss"], rtol=1e-4)
-    np.testing.assert_allclose(our_history["val_accuracy"], fit_history["val_accuracy"], atol=1e-6)
-    for ours, theirs in zip(our_weights, fit_weights):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-5)
+    overrides = ("model.hidden_units=16", "trainer.epochs=2", "trainer.verbose=0", "trainer.eval_batch_size=16")
+
+    cfg, _ = build(compose_cfg, *overrides, "trainer.engine=compiled")
+    keras.utils.set_random_seed(cfg.seed)
+    ours = model_lib.build(cfg.model, cfg.preprocess, cfg.data)
+    train.compile_model(ours, cfg.optimizer, cfg.trainer)
+    our_history = train.fit(ours, data, cfg.trainer, [], cfg.seed).history
+
+    keras.utils.set_random_seed(cfg.seed)  # the same initial weights
+    theirs = model_lib.build(cfg.model, cfg.preprocess, cfg.data)
+    train.compile_model(theirs, cfg.optimizer, cfg.trainer)
+    fit_history: dict[str, list[float]] = {}
+    orders = train.epoch_orders(train_size, cfg.seed, shuffle=True)
+    for _ in range(2):
+        order = next(orders)
+        epoch = theirs.fit(data.x_train[order], data.y_train[order], batch_size=32, shuffle=False, verbose=0,
+                           validation_data=(data.x_val, data.y_val), validation_batch_size=16).history
+        for name, values in epoch.items():
+            fit_history.setdefault(name, []).extend(values)
+
+    assert int(ours.optimizer.iterations.numpy()) == int(theirs.optimizer.iterations.numpy()) == 2 * -(-train_size // 32)
+    for name in ("loss", "val_loss"):
+        np.testing.assert_allclose(our_history[name], fit_history[name], rtol=1e-4)
+    for name in ("accuracy", "val_accuracy"):
+        np.testing.assert_allclose(our_history[name], fit_history[name], atol=1e-6)
+    for mine, keras_own in zip(ours.get_weights(), theirs.get_weights(), strict=True):
+        np.testing.assert_allclose(mine, keras_own, rtol=1e-3, atol=1e-5)
 
 
-def test_the_compiled_engine_reshuffles_every_epoch_from_the_seed(compose_cfg):
-    rng = np.random.default_rng(2)
-    images = rng.integers(0, 256, (300, 28, 28)).astype(np.uint8)
-    labels = rng.integers(0, 10, 300).astype(np.uint8)
-    data = Dataset(images[:256], labels[:256], images[256:], labels[256:], "toy")
+def test_every_epoch_visits_every_example_in_a_new_order_from_the_seed():
+    def first(count: int, seed: int, shuffle: bool = True) -> list[np.ndarray]:
+        orders = train.epoch_orders(100, seed, shuffle)
+        return [next(orders) for _ in range(count)]
 
-    def final_weights(*overrides):
-        cfg, _ = build(compose_cfg, "trainer.epochs=2", "trainer.verbose=0", *overrides)
-        keras.utils.set_random_seed(0)
-        model = model_lib.build(cfg.model, cfg.preprocess, cfg.data.image_shape, 10)
-        train.compile_model(model, cfg.optimizer, cfg.trainer)
-        train.fit(model, data, cfg.trainer, [], cfg.seed)
-        return model.get_weights()[0]
-
-    np.testing.assert_array_equal(final_weights("seed=1"), final_weights("seed=1"))
-    assert not np.allclose(final_weights("seed=1"), final_weights("seed=2"))
-    assert not np.allclose(final_weights("seed=1"), final_weights("trainer.shuffle=false"))
+    epochs = first(3, seed=1)
+    for order in epochs:
+        assert sorted(order.tolist()) == list(range(100))  # a permutation: every example once
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+    assert all(np.array_equal(a, b) for a, b in zip(epochs, first(3, seed=1), strict=True))
+    assert not np.array_equal(epochs[0], first(1, seed=2)[0])
+    assert all(np.array_equal(order, np.arange(100)) for order in first(2, seed=1, shuffle=False))
 
 
 @pytest.mark.parametrize("engine", ["compiled", "keras_fit"])
@@ -143,11 +167,25 @@ def test_early_stopping_stops_and_keeps_the_best_weights(compose_cfg, engine):
     labels = rng.integers(0, 10, 700).astype(np.uint8)
     images = rng.integers(0, 30, (700, 28, 28)).astype(np.uint8)
     images[np.arange(700), 2 * labels] = 255
-    data = Dataset(images[:500], labels[:500], images[600:], labels[600:], "toy",
-                   x_val=images[500:600], y_val=(labels[500:600] + 1) % 10)
-    cfg, model = build(compose_cfg, "trainer.epochs=6", "trainer.verbose=0", "optimizer.learning_rate=0.01",
-                       f"trainer.engine={engine}", "data.validation_size=100", "trainer.early_stopping.enabled=true",
-                       "trainer.early_stopping.patience=1")
+    data = Dataset(
+        images[:500],
+        labels[:500],
+        images[600:],
+        labels[600:],
+        "toy",
+        x_val=images[500:600],
+        y_val=(labels[500:600] + 1) % 10,
+    )
+    cfg, model = build(
+        compose_cfg,
+        "trainer.epochs=6",
+        "trainer.verbose=0",
+        "optimizer.learning_rate=0.01",
+        f"trainer.engine={engine}",
+        "data.validation_size=100",
+        "trainer.early_stopping.enabled=true",
+        "trainer.early_stopping.patience=1",
+    )
     train.compile_model(model, cfg.optimizer, cfg.trainer)
     weights_after = []
     spy = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights_after.append(model.get_weights()))
@@ -156,6 +194,6 @@ def test_early_stopping_stops_and_keeps_the_best_weights(compose_cfg, engine):
     assert val_losses[1] > val_losses[0]  # the case works as built
     assert (fitted.best_epoch, fitted.stopped_epoch, fitted.kept_epoch) == (0, 1, 0)
     assert len(fitted.history["loss"]) == 2  # stopped after two of six epochs
-    for kept, after_first in zip(model.get_weights(), weights_after[0]):
+    for kept, after_first in zip(model.get_weights(), weights_after[0], strict=True):
         np.testing.assert_array_equal(kept, after_first)  # restored to the end of epoch 0
     assert fitted.kept_metrics()["val_loss"] == val_losses[0]

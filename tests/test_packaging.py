@@ -6,21 +6,24 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from mlflow import MlflowClient
 
 from .helpers import REPO_ROOT, TINY, clean_env, only_children
+
 
 def test_every_config_group_is_packaged():
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     packaged = set(pyproject["tool"]["setuptools"]["packages"])
     conf = REPO_ROOT / "conf"
-    groups = {"mnistexp.conf." + ".".join(folder.relative_to(conf).parts) for folder in conf.rglob("*")
-              if folder.is_dir() and folder.name != "__pycache__"}
+    groups = {
+        "mnistexp.conf." + ".".join(folder.relative_to(conf).parts)
+        for folder in conf.rglob("*")
+        if folder.is_dir() and folder.name != "__pycache__"
+    }
     assert groups <= packaged, groups - packaged
 
 
@@ -29,26 +32,57 @@ def installed(tmp_path_factory) -> Path:
     """A scratch venv holding only the wheel; the dependencies come from this venv, never downloaded."""
     scratch = tmp_path_factory.mktemp("wheel")
     source = scratch / "source"
-    shutil.copytree(REPO_ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "mlruns", "mlflow.db*", "outputs",
-        "multirun", ".pytest_cache", ".hypothesis"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(scratch / "dist"), str(source)], check=True)
+    shutil.copytree(
+        REPO_ROOT,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            "mlruns",
+            "mlflow.db*",
+            "outputs",
+            "multirun",
+            ".pytest_cache",
+            ".hypothesis",
+        ),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(scratch / "dist"),
+            str(source),
+        ],
+        check=True,
+    )
     [wheel] = (scratch / "dist").glob("mnistexp-*.whl")
     venv = scratch / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     # This venv's packages are visible behind the wheel (a .pth line adds no editable finder).
     [site] = venv.glob("lib/python*/site-packages")
-    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--no-index", "-q",
-                    str(wheel)], check=True)
+    (site / "dependencies.pth").write_text("".join(f"{path}\n" for path in sys.path if path.endswith("site-packages")))
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True
+    )
     return venv / "bin"
 
 
 def run(bin_dir: Path, workdir: Path, mnist_path: Path, *args: str, check: bool = True):
     env = {**clean_env(), "MNISTEXP_DATA": str(mnist_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    done = subprocess.run([str(bin_dir / args[0]), *args[1:]], cwd=workdir, env=env, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        [str(bin_dir / args[0]), *args[1:]], cwd=workdir, env=env, capture_output=True, text=True, timeout=900
+    )
     if check:
         assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return done
@@ -63,8 +97,7 @@ def test_the_installed_wheel_runs_from_any_directory(installed, tmp_path, mnist_
     assert "hidden_units: 100" in shown.stdout
 
     run(installed, tmp_path, mnist_path, "mnistexp", "experiment=seed_hidden_100", *TINY)
-    run(installed, tmp_path, mnist_path, "mnistexp", "-m", "experiment=hidden_sweep", "model.hidden_units=0,16",
-        *TINY)
+    run(installed, tmp_path, mnist_path, "mnistexp", "-m", "experiment=hidden_sweep", "model.hidden_units=0,16", *TINY)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     parent, children = only_children(client)

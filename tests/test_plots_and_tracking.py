@@ -42,5 +42,6 @@ def test_ui_command_for_local_and_remote_stores():
 
 def test_run_page_opens_the_model_training_view():
     assert run_page("sqlite:///mlflow.db", "1", "abc") == (
-        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning")
+        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"
+    )
     assert run_page("http://host:8080/", "2", "r").startswith("http://host:8080/#/experiments/2/runs/r?")

@@ -9,19 +9,19 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import MNISTEXP, mlflow_server
+from .conftest import mlflow_server
+from .helpers import MNISTEXP, TINY, clean_env
 
-TINY = ["trainer.limit_train_samples=1000", "trainer.limit_test_samples=200", "trainer.epochs=1",
-        "trainer.verbose=0"]
+pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
 
 
 def sweep(workdir: Path, mnist_path: Path, *args: str, tracking_uri: str | None = None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MNISTEXP_DATA"] = str(mnist_path)
+    env = clean_env(MNISTEXP_DATA=str(mnist_path))
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
-    done = subprocess.run([MNISTEXP, "-m", *args, *TINY], cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        [MNISTEXP, "-m", *args, *TINY], cwd=workdir, env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout + done.stderr
 
@@ -36,8 +36,9 @@ def parent_and_children(uri: str):
     return client, parent, children
 
 
-@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=submitit_local"]])
+@pytest.mark.parametrize(
+    "launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["hydra/launcher=submitit_local"]]
+)
 def test_launchers_keep_every_child_under_the_sweeps_parent(tmp_path, mnist_path, launcher):
     sweep(tmp_path, mnist_path, *launcher, "model.hidden_units=0,16,32,64", "tracking.log_model=false")
     _, parent, children = parent_and_children(f"sqlite:///{tmp_path / 'mlflow.db'}")

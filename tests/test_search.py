@@ -17,25 +17,40 @@ pytestmark = pytest.mark.slow
 
 # A small slice, and a first trial built to fail (its hidden size is refused), so a failed trial
 # is seen to be FAIL in Optuna, FAILED in MLflow, and not to stop the study.
-SLICE = ["data.validation_size=500", "trainer.limit_train_samples=3000", "trainer.limit_test_samples=500",
-         "trainer.epochs=1", "trainer.verbose=0", "tracking.log_model=false",
-         "model.hidden_units=choice(-1,0,16,32)",
-         "hydra.sweeper.enqueue_trials=[{model.hidden_units: -1, optimizer.learning_rate: 0.001, "
-         "optimizer.name: adam, trainer.batch_size: 32}]"]
+SLICE = [
+    "data.validation_size=500",
+    "trainer.limit_train_samples=3000",
+    "trainer.limit_test_samples=500",
+    "trainer.epochs=1",
+    "trainer.verbose=0",
+    "tracking.log_model=false",
+    "model.hidden_units=choice(-1,0,16,32)",
+    "hydra.sweeper.enqueue_trials=[{model.hidden_units: -1, optimizer.learning_rate: 0.001, "
+    "optimizer.name: adam, trainer.batch_size: 32}]",
+]
 
 
 def search(workdir: Path, mnist_path: Path, trials: int) -> subprocess.CompletedProcess:
-    return subprocess.run([MNISTEXP, "-m", "hparams_search=optuna", f"hydra.sweeper.n_trials={trials}", *SLICE],
-                          cwd=workdir, env=clean_env(MNISTEXP_DATA=str(mnist_path)), capture_output=True,
-                          text=True, timeout=1200)
+    return subprocess.run(
+        [MNISTEXP, "-m", "hparams_search=optuna", f"hydra.sweeper.n_trials={trials}", *SLICE],
+        cwd=workdir,
+        env=clean_env(MNISTEXP_DATA=str(mnist_path)),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, mnist_path):
     workdir = tmp_path_factory.mktemp("search")
     first = search(workdir, mnist_path, trials=6)
-    return {"workdir": workdir, "first": first, "client": MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"),
-            "storage": f"sqlite:///{workdir / 'optuna.db'}"}
+    return {
+        "workdir": workdir,
+        "first": first,
+        "client": MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"),
+        "storage": f"sqlite:///{workdir / 'optuna.db'}",
+    }
 
 
 def test_the_search_picks_the_trial_with_the_highest_validation_accuracy(study):
@@ -56,10 +71,12 @@ def test_the_search_picks_the_trial_with_the_highest_validation_accuracy(study):
     assert loaded.direction.name == "MAXIMIZE"
     assert loaded.best_value == best.data.metrics["val_accuracy"]
     assert {key: str(value) for key, value in loaded.best_params.items()} == {
-        key: best.data.params[key] for key in loaded.best_params}
+        key: best.data.params[key] for key in loaded.best_params
+    }
     assert loaded.trials[0].state.name == "FAIL"  # the enqueued trial that cannot run
     assert [trial.params["model.hidden_units"] == -1 for trial in loaded.trials] == [
-        trial.state.name == "FAIL" for trial in loaded.trials]
+        trial.state.name == "FAIL" for trial in loaded.trials
+    ]
 
 
 def test_the_study_is_on_its_parent_run(study, tmp_path):
@@ -68,8 +85,13 @@ def test_the_study_is_on_its_parent_run(study, tmp_path):
     assert parent.data.tags["mnistexp.study_name"] == "mnistexp-search"
     assert parent.data.tags["mnistexp.study_storage"] == study["storage"]
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "search")}
-    assert {"search/trials.csv", "search/optimization_history.png", "search/param_importances.png",
-            "search/parallel_coordinate.png", "search/best_trial.yaml"} <= artifacts
+    assert {
+        "search/trials.csv",
+        "search/optimization_history.png",
+        "search/param_importances.png",
+        "search/parallel_coordinate.png",
+        "search/best_trial.yaml",
+    } <= artifacts
     table = Path(client.download_artifacts(parent.info.run_id, "search/trials.csv", str(tmp_path))).read_text()
     trials = list(csv.DictReader(io.StringIO(table)))
     assert len(trials) == 6
@@ -83,7 +105,7 @@ def test_the_study_is_on_its_parent_run(study, tmp_path):
 
 def test_the_same_command_again_continues_the_study_under_its_parent(study, mnist_path):
     client = study["client"]
-    parent_before, children_before = only_children(client)
+    parent_before, _ = only_children(client)
     again = search(study["workdir"], mnist_path, trials=8)
     assert "study mnistexp-search continues under its parent run" in again.stderr + again.stdout
     assert "6 of 8 trials done, 2 to run" in again.stderr + again.stdout

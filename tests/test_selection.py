@@ -29,23 +29,32 @@ def test_the_default_is_val_accuracy_with_a_split_and_test_accuracy_without():
     assert "test data" not in Selection("val_accuracy", "max").describe()
 
 
-@pytest.mark.parametrize(("metric", "mode", "expected"), [
-    ("val_loss", "auto", "min"), ("val_accuracy", "auto", "max"), ("fit_seconds", "auto", "min"),
-    ("test_loss", "max", "max"), ("accuracy", "min", "min"),
-])
+@pytest.mark.parametrize(
+    ("metric", "mode", "expected"),
+    [
+        ("val_loss", "auto", "min"),
+        ("val_accuracy", "auto", "max"),
+        ("fit_seconds", "auto", "min"),
+        ("test_loss", "max", "max"),
+        ("accuracy", "min", "min"),
+    ],
+)
 def test_direction(metric, mode, expected):
     assert direction(metric, mode) == expected
 
 
-@pytest.fixture
-def store(tmp_path) -> str:
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
     """A store holding the runs of RUNS, made with MLflow's client (no training)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path_factory.mktemp('selection') / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.create_experiment("mnistexp")
     for name, val_accuracy, val_loss, test_accuracy in RUNS:
-        run = client.create_run(experiment, run_name=name, tags={"mnistexp.selection_metric": "val_accuracy",
-                                                               "mnistexp.selection_mode": "max"})
+        run = client.create_run(
+            experiment,
+            run_name=name,
+            tags={"mnistexp.selection_metric": "val_accuracy", "mnistexp.selection_mode": "max"},
+        )
         client.log_param(run.info.run_id, "model.hidden_units", str(len(name) * ord(name)))
         client.log_param(run.info.run_id, "tracking.skip_finished", name == "a")  # result-neutral
         for key, value in (("val_accuracy", val_accuracy), ("val_loss", val_loss), ("test_accuracy", test_accuracy)):
@@ -87,15 +96,18 @@ def test_compare_by_another_metric_and_direction(store, capsys):
     assert capsys.readouterr().out.splitlines()[0] == "ranked by test_accuracy (max), selected on test data"
 
 
-@pytest.mark.parametrize(("overrides", "key"), [
-    (["selection.metric=val_accuracy"], "selection.metric"),
-    (["trainer.early_stopping.enabled=true"], "trainer.early_stopping.monitor"),
-    (["selection.metric=nosuch", "data.validation_size=100"], "selection.metric"),
-    (["selection.mode=up"], "selection.mode"),
-    (["data.validation_size=1.5"], "data.validation_size"),
-    (["data.validation_size=-3"], "data.validation_size"),
-    (["trainer.early_stopping.patience=-1"], "trainer.early_stopping.patience"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["selection.metric=val_accuracy"], "selection.metric"),
+        (["trainer.early_stopping.enabled=true"], "trainer.early_stopping.monitor"),
+        (["selection.metric=nosuch", "data.validation_size=100"], "selection.metric"),
+        (["selection.mode=up"], "selection.mode"),
+        (["data.validation_size=1.5"], "data.validation_size"),
+        (["data.validation_size=-3"], "data.validation_size"),
+        (["trainer.early_stopping.patience=-1"], "trainer.early_stopping.patience"),
+    ],
+)
 def test_a_validation_metric_needs_a_split_and_bad_values_are_named(compose_cfg, overrides, key):
     with pytest.raises(ConfigError) as raised:
         validate(compose_cfg(*overrides))
@@ -103,5 +115,6 @@ def test_a_validation_metric_needs_a_split_and_bad_values_are_named(compose_cfg,
 
 
 def test_validation_metrics_are_allowed_with_a_split(compose_cfg):
-    validate(compose_cfg("data.validation_size=0.1", "selection.metric=val_loss",
-                         "trainer.early_stopping.enabled=true"))
+    validate(
+        compose_cfg("data.validation_size=0.1", "selection.metric=val_loss", "trainer.early_stopping.enabled=true")
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,10 +14,10 @@ from omegaconf import OmegaConf, open_dict
 from mnistexp.config import compose, config_digest
 from mnistexp.sweep import sweep_plan
 
-from .conftest import MNISTEXP
+from .helpers import MNISTEXP, TINY, clean_env
 
-TINY = ["trainer.limit_train_samples=1000", "trainer.limit_test_samples=300", "trainer.epochs=1",
-        "trainer.verbose=0", "tracking.log_model=false"]
+pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
+
 RUNS = str(Path(sys.executable).parent / "mnistexp-runs")
 
 
@@ -38,14 +37,29 @@ def split(runs):
 def grid(tmp_path_factory, mnist_path):
     """A 2 x 2 grid over hidden units and learning rate, run once for the tests below."""
     workdir = tmp_path_factory.mktemp("grid")
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MNISTEXP_DATA"] = str(mnist_path)
-    done = subprocess.run([MNISTEXP, "-m", "model.hidden_units=0,16", "optimizer.learning_rate=0.001,0.01",
-                           "data.validation_size=200", *TINY], cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=900)
+    env = clean_env(MNISTEXP_DATA=str(mnist_path))
+    done = subprocess.run(
+        [
+            MNISTEXP,
+            "-m",
+            "model.hidden_units=0,16",
+            "optimizer.learning_rate=0.001,0.01",
+            "data.validation_size=200",
+            *TINY,
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
-    return {"workdir": workdir, "uri": f"sqlite:///{workdir / 'mlflow.db'}", "env": env,
-            "output": done.stdout + done.stderr}
+    return {
+        "workdir": workdir,
+        "uri": f"sqlite:///{workdir / 'mlflow.db'}",
+        "env": env,
+        "output": done.stdout + done.stderr,
+    }
 
 
 def test_a_multirun_is_one_parent_with_a_nested_child_per_job(grid):
@@ -72,8 +86,11 @@ def test_the_parent_summarises_its_children_chosen_on_validation(grid):
     assert parent.data.metrics["jobs_finished"] == 4 and parent.data.metrics["jobs_failed"] == 0
     client = MlflowClient(grid["uri"])
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "sweep")}
-    assert artifacts == {"sweep/summary.csv", "sweep/val_accuracy_by_model.hidden_units.png",
-                         "sweep/val_accuracy_by_optimizer.learning_rate.png"}
+    assert artifacts == {
+        "sweep/summary.csv",
+        "sweep/val_accuracy_by_model.hidden_units.png",
+        "sweep/val_accuracy_by_optimizer.learning_rate.png",
+    }
     table = Path(client.download_artifacts(parent.info.run_id, "sweep/summary.csv", str(grid["workdir"])))
     lines = table.read_text().splitlines()
     assert lines[0].split(",")[3:6] == ["model.hidden_units", "optimizer.learning_rate", "val_accuracy"]
@@ -85,13 +102,23 @@ def test_the_parent_summarises_its_children_chosen_on_validation(grid):
 def test_compare_prints_the_children_best_first(grid, tmp_path):
     parents, children = split(runs_in(grid["uri"]))
     plot = tmp_path / "accuracy.png"
-    done = subprocess.run([RUNS, "--tracking-uri", grid["uri"], "compare", "--parent", parents[0].info.run_id,
-                           "--plot", str(plot)], capture_output=True, text=True, env=grid["env"])
+    done = subprocess.run(
+        [RUNS, "--tracking-uri", grid["uri"], "compare", "--parent", parents[0].info.run_id, "--plot", str(plot)],
+        capture_output=True,
+        text=True,
+        env=grid["env"],
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "ranked by val_accuracy (max)"
-    assert lines[1].split()[:6] == ["run_id", "run", "status", "model.hidden_units", "optimizer.learning_rate",
-                                    "val_accuracy"]
+    assert lines[1].split()[:6] == [
+        "run_id",
+        "run",
+        "status",
+        "model.hidden_units",
+        "optimizer.learning_rate",
+        "val_accuracy",
+    ]
     scores = [float(line.split()[5]) for line in lines[2:6]]
     assert scores == sorted(scores, reverse=True)
     assert scores[0] == pytest.approx(max(c.data.metrics["val_accuracy"] for c in children), abs=1e-4)
@@ -101,8 +128,13 @@ def test_compare_prints_the_children_best_first(grid, tmp_path):
 def test_reproduce_gives_identical_metrics_in_a_new_tagged_run(grid):
     _, children = split(runs_in(grid["uri"]))
     original = next(c for c in children if c.data.params["model.hidden_units"] == "16")
-    done = subprocess.run([RUNS, "--tracking-uri", grid["uri"], "reproduce", original.info.run_id],
-                          capture_output=True, text=True, env=grid["env"], cwd=grid["workdir"])
+    done = subprocess.run(
+        [RUNS, "--tracking-uri", grid["uri"], "reproduce", original.info.run_id],
+        capture_output=True,
+        text=True,
+        env=grid["env"],
+        cwd=grid["workdir"],
+    )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "test_accuracy" in done.stdout and "NO" not in done.stdout
     [again] = [run for run in runs_in(grid["uri"]) if run.data.tags.get("mnistexp.reproduces") == original.info.run_id]
@@ -120,8 +152,9 @@ def test_pin_writes_an_experiment_that_the_working_directory_finds_first(grid, t
     assert (tmp_path / "experiments" / "seed_hidden_100.yaml").is_file()
     monkeypatch.chdir(tmp_path)  # ./experiments/seed_hidden_100.yaml shadows the packaged one of that name
     cfg = compose(["experiment=seed_hidden_100"])
-    logged = Path(MlflowClient(grid["uri"]).download_artifacts(original.info.run_id, "config/resolved.yaml",
-                                                                str(tmp_path)))
+    logged = Path(
+        MlflowClient(grid["uri"]).download_artifacts(original.info.run_id, "config/resolved.yaml", str(tmp_path))
+    )
     assert config_digest(cfg) == config_digest(OmegaConf.merge(cfg, OmegaConf.load(logged)))
     assert cfg.tracking.run_name == "seed_hidden_100"
     assert cfg.model.hidden_units == int(original.data.params["model.hidden_units"])
@@ -130,12 +163,12 @@ def test_pin_writes_an_experiment_that_the_working_directory_finds_first(grid, t
 
 
 def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path, mnist_path):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MNISTEXP_DATA"] = str(mnist_path)
+    env = clean_env(MNISTEXP_DATA=str(mnist_path))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep = [MNISTEXP, "-m", "model.hidden_units=0,16,32", *TINY]
-    process = subprocess.Popen(sweep, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = subprocess.Popen(
+        sweep, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     for line in process.stdout:  # the first job's closing line: its run is FINISHED, then Ctrl-C
         if "test_accuracy=" in line:
             break
@@ -144,12 +177,14 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path, mn
     assert process.returncode != 0
     first = runs_in(uri)
     assert not [run for run in first if run.info.status == "RUNNING"]
-    finished_before = {run.data.params["model.hidden_units"] for run in split(first)[1]
-                       if run.info.status == "FINISHED"}
+    finished_before = {
+        run.data.params["model.hidden_units"] for run in split(first)[1] if run.info.status == "FINISHED"
+    }
     assert 1 <= len(finished_before) < 3
 
-    done = subprocess.run([*sweep, "tracking.skip_finished=true"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        [*sweep, "tracking.skip_finished=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (done.stdout + done.stderr).count("skipped: run") == len(finished_before)
     parents, children = split(runs_in(uri))
@@ -157,8 +192,14 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path, mn
     trained = [run.data.params["model.hidden_units"] for run in children]
     assert set(trained) == {"0", "16", "32"}
     for units in finished_before:  # a finished job was trained once, never again
-        assert sum(1 for run in children if run.data.params["model.hidden_units"] == units
-                   and run.info.status == "FINISHED") == 1
+        assert (
+            sum(
+                1
+                for run in children
+                if run.data.params["model.hidden_units"] == units and run.info.status == "FINISHED"
+            )
+            == 1
+        )
     latest = max(parents, key=lambda run: run.info.start_time)
     assert latest.info.status == "FINISHED" and latest.data.metrics["jobs_finished"] == 3
 

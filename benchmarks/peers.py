@@ -8,6 +8,7 @@ output). Each returns (fit seconds, test accuracy).
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ def _init(hidden: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     widths = [784, *([hidden] if hidden else []), 10]
     params = []
-    for fan_in, fan_out in zip(widths, widths[1:]):
+    for fan_in, fan_out in itertools.pairwise(widths):
         limit = np.sqrt(6 / (fan_in + fan_out))
         params += [rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32), np.zeros(fan_out, np.float32)]
     return params
@@ -49,7 +50,7 @@ def torch_eager(data, hidden: int, epochs: int, batch_size: int, seed: int) -> t
     torch.manual_seed(seed)
     weights = _init(hidden, seed)
     layers: list = []
-    for weight, bias in zip(weights[::2], weights[1::2]):
+    for weight, bias in zip(weights[::2], weights[1::2], strict=False):
         linear = torch.nn.Linear(*weight.shape)
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(weight.T.copy()))
@@ -80,7 +81,7 @@ def jax_scan(data, hidden: int, epochs: int, batch_size: int, seed: int) -> tupl
     import jax.numpy as jnp
 
     def forward(params, x):
-        for weight, bias in zip(params[:-2:2], params[1:-2:2]):
+        for weight, bias in zip(params[:-2:2], params[1:-2:2], strict=False):
             x = jax.nn.relu(x @ weight + bias)
         return x @ params[-2] + params[-1]
 
@@ -94,9 +95,9 @@ def jax_scan(data, hidden: int, epochs: int, batch_size: int, seed: int) -> tupl
         grads = jax.grad(loss_fn)(params, x, y)
         t = t + 1
         alpha = 1e-3 * jnp.sqrt(1 - BETA_2**t) / (1 - BETA_1**t)
-        m = [mi + (g - mi) * (1 - BETA_1) for mi, g in zip(m, grads)]
-        v = [vi + (g * g - vi) * (1 - BETA_2) for vi, g in zip(v, grads)]
-        params = [p - alpha * mi / (jnp.sqrt(vi) + EPSILON) for p, mi, vi in zip(params, m, v)]
+        m = [mi + (g - mi) * (1 - BETA_1) for mi, g in zip(m, grads, strict=False)]
+        v = [vi + (g * g - vi) * (1 - BETA_2) for vi, g in zip(v, grads, strict=False)]
+        params = [p - alpha * mi / (jnp.sqrt(vi) + EPSILON) for p, mi, vi in zip(params, m, v, strict=False)]
         return (params, m, v, t), None
 
     @jax.jit

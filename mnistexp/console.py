@@ -1,0 +1,51 @@
+"""A quiet console: mnistexp's lines, Keras's progress and warnings that matter; `hydra.verbose=true` shows the rest."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+# What a run's console carried before: TensorFlow's C++ notices and errors that are not errors
+# ("Could not find cuda drivers", "failed call to cuInit", oneDNN, "NodeDef mentions attribute"),
+# MLflow's INFO lines about creating its tables, and tf.function retracing warnings, which every
+# job of a sweep triggers by design (each builds a new model).
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Turn the libraries' own chatter down before they are imported; nothing changes with `verbose`."""
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logging, once it is set up
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # for an mlflow imported already
+
+
+@contextlib.contextmanager
+def stderr_silenced(enabled: bool) -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null for the block: C++ code that logs before TensorFlow sets
+    up its logging (absl's "All log messages before absl::InitializeLog()" and the CUDA probe on a
+    machine without a GPU) writes there directly, past Python and TF_CPP_MIN_LOG_LEVEL."""
+    if not enabled:
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_tensorflow(verbose: bool) -> None:
+    """Import TensorFlow (and Keras) with its start-up lines silenced unless `verbose`."""
+    quiet_libraries(verbose)
+    with stderr_silenced(not verbose):
+        import keras  # noqa: F401  (Keras 3 registers its TensorFlow backend on import)
+        import tensorflow as tf
+
+        if not verbose:
+            tf.get_logger().setLevel(logging.ERROR)  # retracing warnings: every job of a sweep builds a new model

@@ -1,0 +1,149 @@
+"""The whole job in-process on data the test makes: what a run leaves in MLflow, checked against its own numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from mnistexp import job
+from mnistexp.config import validate
+from mnistexp.tracking import flatten
+
+ARTIFACTS = {
+    "config/resolved.yaml",
+    "config/overrides.yaml",
+    "data/summary.json",
+    "evaluation/confusion_matrix.csv",
+    "plots/confusion_matrix.png",
+    "plots/sample_predictions.png",
+    "plots/learning_curves.png",
+    "model_summary.txt",
+}
+
+
+def learnable_npz(path: Path, seed: int = 0) -> Path:
+    """Digit-shaped arrays where class k lights up row 2k: any working pipeline learns them."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in (("train", 900), ("test", 300)):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        images = rng.integers(0, 60, (count, 28, 28)).astype(np.uint8)
+        images[np.arange(count), 2 * labels] = 255
+        images[: count // 10, 2 * labels[: count // 10]] = 0  # some hard cases, so the confusion matrix is not diagonal
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = images, labels
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One job with a validation split and early stopping, run in this process into a fresh store."""
+    folder = tmp_path_factory.mktemp("job")
+    store = f"sqlite:///{folder / 'mlflow.db'}"
+    overrides = [
+        f"data.path={learnable_npz(folder / 'toy.npz')}",
+        f"tracking.uri={store}",
+        "model.hidden_units=16",
+        "data.validation_size=0.2",
+        "trainer.epochs=4",
+        "trainer.verbose=0",
+        "optimizer.learning_rate=0.01",
+        "trainer.early_stopping.enabled=true",
+        "trainer.early_stopping.patience=1",
+    ]
+    from mnistexp.config import compose
+
+    config = validate(compose(overrides))
+    result = job.run(config, overrides)
+    client = MlflowClient(store)
+    return {
+        "result": result,
+        "client": client,
+        "run": client.get_run(result.run_id),
+        "store": store,
+        "folder": folder,
+        "config": config,
+        "overrides": overrides,
+    }
+
+
+def artifact(finished, path: str) -> str:
+    return Path(
+        finished["client"].download_artifacts(finished["run"].info.run_id, path, str(finished["folder"]))
+    ).read_text()
+
+
+def test_the_run_finishes_with_every_artifact(finished):
+    run = finished["run"]
+    assert run.info.status == "FINISHED" and run.info.run_name == "dense_16"
+    listed = set()
+    for folder in (None, "config", "data", "evaluation", "plots"):
+        listed |= {item.path for item in finished["client"].list_artifacts(run.info.run_id, folder)}
+    assert listed >= ARTIFACTS
+
+
+def test_params_are_the_validated_config_and_the_overrides_are_kept(finished):
+    params = finished["run"].data.params
+    resolved = yaml.safe_load(artifact(finished, "config/resolved.yaml"))
+    for key, value in flatten(resolved).items():
+        assert params[key] == ("null" if value is None else str(value)), key
+    assert params["data.validation_size"] == "0.2" and params["model.hidden_units"] == "16"
+    assert yaml.safe_load(artifact(finished, "config/overrides.yaml")) == finished["overrides"]
+
+
+def test_metrics_per_epoch_with_validation_and_the_kept_epoch(finished):
+    client, run = finished["client"], finished["run"]
+    metrics = run.data.metrics
+    epochs_trained = int(metrics["stopped_epoch"]) + 1
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        steps = [point.step for point in client.get_metric_history(run.info.run_id, name)]
+        kept_again = [epochs_trained] if metrics.get("best_epoch", epochs_trained - 1) != epochs_trained - 1 else []
+        assert steps == [*range(epochs_trained), *kept_again], name
+    best = int(metrics["best_epoch"])
+    val_history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert metrics["val_loss"] == min(point.value for point in val_history[:epochs_trained])
+    assert metrics["val_loss"] == val_history[best].value  # the latest value is the kept epoch's
+    assert finished["result"].objective == metrics["val_accuracy"]  # the selection metric of the kept model
+
+
+def test_the_confusion_matrix_agrees_with_the_metrics(finished):
+    metrics = finished["run"].data.metrics
+    rows = list(csv.reader(io.StringIO(artifact(finished, "evaluation/confusion_matrix.csv"))))
+    matrix = np.array([[int(cell) for cell in row[1:]] for row in rows[1:]])
+    assert matrix.sum() == 300 and np.trace(matrix) / 300 == pytest.approx(metrics["test_accuracy"])
+    for digit in range(10):  # computed here from the CSV, not by the code under test
+        predicted, actual = matrix[:, digit].sum(), matrix[digit, :].sum()
+        if predicted:
+            assert metrics[f"test_precision_class_{digit}"] == pytest.approx(matrix[digit, digit] / predicted)
+        assert metrics[f"test_recall_class_{digit}"] == pytest.approx(matrix[digit, digit] / actual)
+
+
+def test_the_splits_are_logged_as_datasets_and_summarised(finished):
+    run = finished["run"]
+    contexts = {
+        tag.value for dataset in run.inputs.dataset_inputs for tag in dataset.tags if tag.key == "mlflow.data.context"
+    }
+    assert contexts == {"training", "validation", "testing"}
+    summary = json.loads(artifact(finished, "data/summary.json"))
+    assert summary["shapes"]["x_val"] == [180, 28, 28] and summary["shapes"]["x_train"] == [720, 28, 28]
+    assert sum(summary["validation_class_counts"]) == 180
+    assert run.data.tags["mnistexp.data_sha256"] == summary["sha256"]
+
+
+def test_the_logged_model_predicts_raw_images_at_the_logged_accuracy(finished):
+    mlflow.set_tracking_uri(finished["store"])
+    [logged] = mlflow.search_logged_models(output_format="list")
+    assert logged.source_run_id == finished["run"].info.run_id
+    model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    with np.load(finished["config"].data.path) as data:
+        scores = model.predict(data["x_test"])
+        accuracy = (scores.argmax(axis=1) == data["y_test"]).mean()
+    assert accuracy == pytest.approx(finished["run"].data.metrics["test_accuracy"], abs=1e-6)
