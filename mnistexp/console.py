@@ -38,14 +38,3 @@ def stderr_silenced(enabled: bool) -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def import_tensorflow(verbose: bool) -> None:
-    """Import TensorFlow (and Keras) with its start-up lines silenced unless `verbose`."""
-    quiet_libraries(verbose)
-    with stderr_silenced(not verbose):
-        import keras  # noqa: F401  (Keras 3 registers its TensorFlow backend on import)
-        import tensorflow as tf
-
-        if not verbose:
-            tf.get_logger().setLevel(logging.ERROR)  # retracing warnings: every job of a sweep builds a new model

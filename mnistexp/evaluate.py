@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -23,14 +24,52 @@ class Evaluation:
 
 
 def evaluate(model: keras.Model, data: Dataset, trainer_cfg: TrainerConfig, data_cfg: DataConfig) -> Evaluation:
-    """The test split through the model, `trainer.eval_batch_size` images at a time."""
-    batch_size, num_classes = trainer_cfg.eval_batch_size, len(data_cfg.class_names)
-    loss, accuracy = model.evaluate(data.x_test, data.y_test, batch_size=batch_size, verbose=0)
-    scores = model.predict(data.x_test, batch_size=batch_size, verbose=0)
-    predictions = scores.argmax(axis=1)
-    confusion = tf.math.confusion_matrix(data.y_test, predictions, num_classes=num_classes).numpy()
+    """The test split through the model once, `trainer.eval_batch_size` images at a time: the loss
+    (the model's own, averaged over the images as `model.evaluate` does), the predictions, and from
+    them the accuracy and the confusion matrix."""
+    num_classes = len(data_cfg.class_names)
+    loss_sum, predictions = compiled_pass(model, data.x_test, data.y_test, trainer_cfg.eval_batch_size)()
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (data.y_test, predictions), 1)
     precision, recall = per_class_precision_recall(confusion)
-    return Evaluation(float(loss), float(accuracy), predictions, confusion, precision, recall)
+    return Evaluation(
+        loss_sum / len(data.y_test),
+        float(np.trace(confusion)) / len(data.y_test),
+        predictions,
+        confusion,
+        precision,
+        recall,
+    )
+
+
+def compiled_pass(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, batch: int
+) -> Callable[[], tuple[float, np.ndarray]]:
+    """A function that runs a whole split through the model as a TensorFlow graph, `batch` images
+    per call, and returns the sample-weighted loss sum, computed as Keras computes the training
+    loss, and the predicted class of every image, in order.
+
+    No XLA here: compiling these one-step graphs takes longer than running them (measured:
+    0.4-0.7 s to compile a pass over 10,000 images that then runs in 0.03 s; tracing the graph
+    takes 0.1 s).
+    """
+
+    @tf.function(autograph=False)
+    def chunk_pass(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        scores = model(x, training=False)
+        loss = model.compute_loss(x=x, y=y, y_pred=scores, training=False)
+        return loss * tf.cast(tf.shape(y)[0], tf.float32), tf.argmax(scores, axis=1, output_type=tf.int32)
+
+    chunks = [
+        (tf.constant(images[start : start + batch]), tf.constant(labels[start : start + batch].astype(np.int32)))
+        for start in range(0, len(labels), batch)
+    ]
+
+    def run() -> tuple[float, np.ndarray]:
+        results = [chunk_pass(x, y) for x, y in chunks]
+        return sum(float(loss) for loss, _ in results), np.concatenate([predicted.numpy() for _, predicted in results])
+
+    return run
 
 
 def per_class_precision_recall(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,11 +7,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mnistexp import console
+from mnistexp import console, imports
 from mnistexp import data as data_lib
 from mnistexp.config import MnistexpConfig, config_digest, selection_of
 from mnistexp.selection import Selection
-from mnistexp.sweep_context import REUSED_TAG_PREFIX, SweepContext
+from mnistexp.sweep_context import REUSED_TAG_PREFIX, SweepContext, available_cores
 
 log = logging.getLogger("mnistexp")
 
@@ -53,11 +53,11 @@ def run(
         if earlier is not None:
             return earlier
 
-    console.import_tensorflow(verbose)
+    imports.tensorflow(verbose)
     from mnistexp import evaluate, plots, train
     from mnistexp import model as model_lib
 
-    runtime = train.configure_runtime(cfg.seed, cfg.trainer)
+    runtime = train.configure_runtime(cfg.seed, cfg.trainer, _threads(cfg.trainer.threads, sweep))
     model = model_lib.build(cfg.model, cfg.preprocess, cfg.data)
     train.compile_model(model, cfg.optimizer, cfg.trainer)
 
@@ -106,6 +106,13 @@ def run(
         tracking.run_page(uri, active.info.experiment_id, active.info.run_id),
     )
     return JobResult(active.info.run_id, metrics, selection.objective(metrics), uri)
+
+
+def _threads(configured: int | str, sweep: SweepContext | None) -> int:
+    """trainer.threads: a number as it is; auto: every core, or in a sweep what the sweep gives a job."""
+    if isinstance(configured, int):
+        return configured
+    return sweep.threads if sweep and sweep.threads else available_cores()
 
 
 def _finished_run(

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, read_write
 PARENT_RUN_ENV = "MNISTEXP_PARENT_RUN_ID"
 SWEPT_KEYS_ENV = "MNISTEXP_SWEPT_KEYS"
 SWEEP_SIZE_ENV = "MNISTEXP_SWEEP_SIZE"
+THREADS_ENV = "MNISTEXP_JOB_THREADS"
 DATA_ENV = "MNISTEXP_DATA"  # conf/data/mnist.yaml: data.path when set
 REUSED_TAG_PREFIX = "mnistexp.reused_job."  # parent tag: a job skipped for an earlier FINISHED run
 
@@ -22,6 +23,7 @@ class SweepContext:
     parent_run_id: str
     swept_keys: tuple[str, ...]
     size: int | None
+    threads: int | None = None  # what trainer.threads=auto means for each job of this sweep
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> SweepContext | None:
@@ -29,8 +31,8 @@ class SweepContext:
         if not parent:
             return None
         keys = tuple(key for key in environ.get(SWEPT_KEYS_ENV, "").split(",") if key)
-        size = environ.get(SWEEP_SIZE_ENV)
-        return cls(parent, keys, int(size) if size else None)
+        size, threads = environ.get(SWEEP_SIZE_ENV), environ.get(THREADS_ENV)
+        return cls(parent, keys, int(size) if size else None, int(threads) if threads else None)
 
     def run_name(self, overrides: list[str]) -> str:
         """`model.hidden_units=32`: the job's own values of the swept keys."""
@@ -50,6 +52,7 @@ class SweepContext:
             PARENT_RUN_ENV: self.parent_run_id,
             SWEPT_KEYS_ENV: ",".join(self.swept_keys),
             SWEEP_SIZE_ENV: str(self.size or ""),
+            THREADS_ENV: str(self.threads or ""),
             "MLFLOW_TRACKING_URI": store_uri,
         }
         if environ.get(DATA_ENV):
@@ -57,6 +60,11 @@ class SweepContext:
         with read_write(config.hydra.overrides.hydra):
             for name, value in variables.items():
                 config.hydra.overrides.hydra.append(f"+hydra.job.env_set.{name}={_quoted(value)}")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a Slurm or container limit included)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _quoted(value: str) -> str:

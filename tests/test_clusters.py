@@ -154,12 +154,7 @@ def slurm():
         shutil.rmtree(state, ignore_errors=True)
 
 
-SLURM_FITS_TWO_CORES = [
-    "hydra.launcher.partition=debug",
-    "hydra.launcher.cpus_per_task=1",
-    "hydra.launcher.mem_gb=1",
-    "trainer.threads=1",
-]
+SLURM_FITS_TWO_CORES = ["hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
 
 
 def test_the_slurm_experiment_runs_on_slurm(slurm, tmp_path, mnist_path):
@@ -169,6 +164,7 @@ def test_the_slurm_experiment_runs_on_slurm(slurm, tmp_path, mnist_path):
     parent, children = only_children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert parent.info.status == "FINISHED"
     assert sorted(child.data.params["model.hidden_units"] for child in children) == ["0", "16"]
+    assert {child.data.tags["runtime.intra_op_threads"] for child in children} == {"1"}  # auto: cpus_per_task
     assert all(child.info.status == "FINISHED" for child in children)
     accounted = subprocess.run(
         ["sacct", "-X", "-n", "-o", "JobName,State"], env=env, capture_output=True, text=True, check=True

@@ -115,8 +115,15 @@ def test_the_compiled_engine_makes_the_same_updates_as_keras_fit(compose_cfg, tr
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (train_size + 50, 28, 28)).astype(np.uint8)
     labels = rng.integers(0, 10, train_size + 50).astype(np.uint8)
-    data = Dataset(images[:train_size], labels[:train_size], images[train_size:], labels[train_size:], "toy",
-                   x_val=images[train_size + 10:], y_val=labels[train_size + 10:])
+    data = Dataset(
+        images[:train_size],
+        labels[:train_size],
+        images[train_size:],
+        labels[train_size:],
+        "toy",
+        x_val=images[train_size + 10 :],
+        y_val=labels[train_size + 10 :],
+    )
     overrides = ("model.hidden_units=16", "trainer.epochs=2", "trainer.verbose=0", "trainer.eval_batch_size=16")
 
     cfg, _ = build(compose_cfg, *overrides, "trainer.engine=compiled")
@@ -132,12 +139,21 @@ def test_the_compiled_engine_makes_the_same_updates_as_keras_fit(compose_cfg, tr
     orders = train.epoch_orders(train_size, cfg.seed, shuffle=True)
     for _ in range(2):
         order = next(orders)
-        epoch = theirs.fit(data.x_train[order], data.y_train[order], batch_size=32, shuffle=False, verbose=0,
-                           validation_data=(data.x_val, data.y_val), validation_batch_size=16).history
+        epoch = theirs.fit(
+            data.x_train[order],
+            data.y_train[order],
+            batch_size=32,
+            shuffle=False,
+            verbose=0,
+            validation_data=(data.x_val, data.y_val),
+            validation_batch_size=16,
+        ).history
         for name, values in epoch.items():
             fit_history.setdefault(name, []).extend(values)
 
-    assert int(ours.optimizer.iterations.numpy()) == int(theirs.optimizer.iterations.numpy()) == 2 * -(-train_size // 32)
+    assert (
+        int(ours.optimizer.iterations.numpy()) == int(theirs.optimizer.iterations.numpy()) == 2 * -(-train_size // 32)
+    )
     for name in ("loss", "val_loss"):
         np.testing.assert_allclose(our_history[name], fit_history[name], rtol=1e-4)
     for name in ("accuracy", "val_accuracy"):

@@ -22,11 +22,17 @@ def test_confusion_heatmap_annotates_every_cell_with_its_count():
 def test_sample_grid_titles_true_and_predicted_labels_and_marks_mistakes():
     images = np.zeros((5, 28, 28), np.uint8)
     labels, predictions = np.array([0, 1, 2, 3, 4]), np.array([0, 1, 2, 3, 9])
+    images[4, 10:18, 10:18] = 255  # the fifth image has a square in it
     figure = plots.sample_grid(images, labels, predictions, [str(d) for d in range(10)])
-    titled = [axis for axis in figure.axes if axis.get_title()]
-    assert [axis.get_title() for axis in titled] == ["0 / 0", "1 / 1", "2 / 2", "3 / 3", "4 / 9"]
-    assert titled[-1].title.get_color() == "red" and titled[0].title.get_color() == "black"
-    assert len(figure.axes) == 6  # five images: 3 columns x 2 rows
+    [axes] = figure.axes
+    texts = axes.texts
+    assert [text.get_text() for text in texts] == ["0 / 0", "1 / 1", "2 / 2", "3 / 3", "4 / 9"]
+    assert texts[-1].get_color() == "red" and {text.get_color() for text in texts[:-1]} == {"black"}
+    [image] = axes.images
+    mosaic = image.get_array()
+    assert mosaic.max() == 255 and (mosaic == 255).sum() == 64  # the square, drawn once: 3 columns x 2 rows
+    assert texts[1].get_position()[0] > texts[0].get_position()[0]  # left to right
+    assert texts[3].get_position()[1] > texts[0].get_position()[1]  # the fourth starts the second row
     plots.close(figure)
 
 

@@ -1,0 +1,44 @@
+"""Heavy libraries imported lean and quiet: without optional extras mnistexp never uses, without start-up chatter."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+
+from mnistexp.console import quiet_libraries, stderr_silenced
+
+
+@contextlib.contextmanager
+def refused(*modules: str) -> Iterator[None]:
+    """`import` of these modules raises ImportError inside the block (unless one is loaded already):
+    libraries that treat them as optional then skip them. They import normally afterwards."""
+    blocked = [name for name in modules if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # Python's marker for "cannot be imported"
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, "") is None:
+                del sys.modules[name]
+
+
+def tensorflow(verbose: bool) -> None:
+    """TensorFlow and Keras, their start-up lines silenced unless `verbose`. Keras imports
+    scikit-learn, when it is installed (MLflow brings it), for wrappers mnistexp never uses:
+    about 1 s of every run, refused here (Keras then behaves as if it were missing)."""
+    quiet_libraries(verbose)
+    with refused("sklearn"), stderr_silenced(not verbose):
+        import keras  # noqa: F401  (Keras 3 registers its TensorFlow backend on import)
+        import tensorflow as tf
+    if not verbose:
+        tf.get_logger().setLevel(logging.ERROR)  # retracing warnings: every job of a sweep builds a new model
+
+
+def seaborn() -> None:
+    """seaborn, without SciPy: seaborn imports scipy.stats (about 1 s) for its kernel density
+    estimates and clustermaps, which mnistexp never draws, and falls back without it."""
+    with refused("scipy"):
+        import seaborn  # noqa: F401
