@@ -1,73 +1,49 @@
-"""The `mnistexp` command: compose the Hydra config, validate it, run the job; bad input is one line."""
+"""The `mnistexp` command: signals first, then the Hydra app; the exit status says how it ended."""
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 import signal
 import sys
+from typing import NoReturn
 
-import hydra
-import yaml
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
-from hydra.types import RunMode
-from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
-
-from mnistexp.config import CONFIG_MODULE, TrackingConfig, register, typed, validate
-from mnistexp.errors import SHOW_TRACEBACKS, Terminated, UserError, report
-from mnistexp.hydra_errors import explain
-from mnistexp.sweep_context import SweepContext
-
-register()
-
-
-@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", execution_whitelist=["mnistexp.*"])
-def _job(cfg: DictConfig) -> float:
-    """One job. Outside a sweep a bad input ends the process (exit 2); in a sweep it becomes a FAILED
-    child and the job returns NaN, so the sweep (and an Optuna study) goes on."""
-    hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    sweep = SweepContext.from_env()  # set by the sweep's callback through hydra.job.env_set
-    try:
-        config = validate(cfg)
-        from mnistexp.job import run  # TensorFlow and MLflow load only for a job that will run
-
-        return run(config, overrides, sweep, verbose=bool(hydra_cfg.verbose)).objective
-    except Exception as error:
-        if SHOW_TRACEBACKS or not (in_sweep or isinstance(error, UserError)):
-            raise  # a bug outside a sweep: the traceback is what helps
-        if not in_sweep:
-            report(str(error))
-            sys.exit(2)
-        report(f"job {' '.join(overrides)}: {error}")
-        from mnistexp import tracking
-
-        if sweep is not None and not getattr(error, tracking.RECORDED_IN_RUN, None):  # else its run ended FAILED
-            tracking.record_failed_run(typed(cfg.tracking, TrackingConfig), sweep, overrides, error)
-        return math.nan
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
+from mnistexp import interrupts
+from mnistexp.errors import report
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them; we say them in one line
+    interrupts.install()  # before Hydra, TensorFlow and MLflow load: a signal then is answered like any other
     try:
-        _job()
-    except (HydraException, OmegaConfBaseException, yaml.YAMLError, ValueError) as error:
-        message = None if SHOW_TRACEBACKS else explain(error)
-        if message is None:
-            raise
-        report(message)
-        sys.exit(2)
-    except Terminated:
-        report("terminated (SIGTERM); the MLflow run was ended as KILLED")
-        sys.exit(143)
-    except KeyboardInterrupt:
-        report("interrupted; the MLflow run was ended as KILLED")
-        sys.exit(130)
+        from mnistexp.app import run_command
+
+        status = run_command()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`Terminated`), or one a library raised for its own reasons
+        status = 128 + signal.SIGINT
+    signum = interrupts.settle()  # from here on a signal changes nothing
+    if signum is not None:
+        report(f"stopped by {signal.Signals(signum).name}; the runs it cut short ended KILLED, none is left RUNNING")
+        status = 128 + signum
+    _leave(status)
+
+
+def _leave(status: int) -> NoReturn:
+    """End the process once everything is written. Every run is ended and every file closed by now,
+    so the interpreter's own teardown is skipped: TensorFlow's alone takes seconds. Not when Ray is
+    loaded (its shutdown at exit stops the processes it started), nor under a profiler or debugger
+    (they write their results at exit)."""
+    if "ray" in sys.modules or sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(status)
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        try:
+            mlflow.flush_async_logging()
+        except Exception as error:  # a store the job could not open was reported already; others are news
+            if status == 0:
+                report(f"could not flush MLflow's queued metrics: {str(error).splitlines()[0]}")
+                status = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

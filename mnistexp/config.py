@@ -85,7 +85,7 @@ class TrainerConfig:
     shuffle: bool = MISSING
     engine: str = MISSING
     jit_compile: bool = MISSING
-    threads: int = MISSING
+    threads: int | str = MISSING  # "auto" or a count
     deterministic: bool = MISSING
     verbose: int = MISSING
     limit_train_samples: int | None = MISSING
@@ -97,6 +97,7 @@ class TrainerConfig:
 class TrackingConfig:
     uri: str | None = MISSING
     experiment: str = MISSING
+    evaluation_experiment: str = MISSING
     run_name: str | None = MISSING
     log_model: bool = MISSING
     sample_images: int = MISSING
@@ -141,6 +142,12 @@ def register() -> None:
     ConfigStore.instance().store(name="base_config", node=MnistexpConfig, replace=True)
     OmegaConf.register_resolver("mnistexp.optuna_direction", optuna_direction, replace=True)
     OmegaConf.register_resolver("mnistexp.study_storage", study_storage, replace=True)
+    OmegaConf.register_resolver("mnistexp.ray_cpus", ray_cpus, replace=True)
+
+
+def ray_cpus(threads: int | str) -> int:
+    """The CPUs a job asks Ray for: trainer.threads, or 1 for auto."""
+    return threads if isinstance(threads, int) else 1
 
 
 def optuna_direction(metric: str | None, mode: str, validation_size: int | float) -> str:
@@ -239,7 +246,12 @@ def validate(cfg: DictConfig) -> MnistexpConfig:
         "must be two positive integers (height, width)",
         data.image_shape,
     )
-    _require(len(data.class_names) >= 2, "data.class_names", "must name at least two classes", data.class_names)
+    _require(
+        len(data.class_names) >= 2 and len(set(data.class_names)) == len(data.class_names),
+        "data.class_names",
+        "must name at least two classes, each once",
+        data.class_names,
+    )
 
     widths = [math.prod(data.image_shape), *hidden_layer_sizes(model.hidden_units), len(data.class_names)]
     parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
@@ -266,15 +278,18 @@ def validate(cfg: DictConfig) -> MnistexpConfig:
     _one_of(trainer.loss, "trainer.loss", LOSSES)
     _one_of(trainer.engine, "trainer.engine", ENGINES)
     _require(
-        0 <= trainer.threads <= 1024, "trainer.threads", "must be an integer 0-1024 (0 = one per core)", trainer.threads
+        trainer.threads == "auto" or (_is_int(trainer.threads) and 1 <= int(trainer.threads) <= 1024),
+        "trainer.threads",
+        "must be auto or an integer 1-1024",
+        trainer.threads,
     )
     _require(trainer.verbose in (0, 1, 2), "trainer.verbose", "must be 0, 1 or 2", trainer.verbose)
     _optional_positive(trainer.limit_train_samples, "trainer.limit_train_samples")
     _optional_positive(trainer.limit_test_samples, "trainer.limit_test_samples")
 
-    _require(
-        bool(config.tracking.experiment.strip()), "tracking.experiment", "must not be empty", config.tracking.experiment
-    )
+    for key in ("experiment", "evaluation_experiment"):
+        name = getattr(config.tracking, key)
+        _require(bool(name.strip()), f"tracking.{key}", "must not be empty", name)
     _require(
         config.tracking.sample_images >= 0,
         "tracking.sample_images",

@@ -12,11 +12,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from mnistexp import interrupts
 from mnistexp.config import TrackingConfig, typed
 from mnistexp.console import quiet_libraries
 from mnistexp.errors import SHOW_TRACEBACKS, UserError, first_line, report
 from mnistexp.selection import Selection
-from mnistexp.sweep_context import SweepContext
+from mnistexp.sweep_context import SweepContext, available_cores
 
 log = logging.getLogger("mnistexp")
 
@@ -39,6 +40,21 @@ def sweep_plan(config: DictConfig) -> tuple[list[str], int | None]:
                 except Exception:  # range or interval sweeps of other sweepers: size unknown
                     sizes.append(0)
     return keys, (None if 0 in sizes else math.prod(sizes))
+
+
+def threads_per_job(launcher: DictConfig, jobs: int | None) -> int:
+    """What trainer.threads=auto means for each job of a sweep: the machine's cores shared among
+    the jobs the launcher runs at once (the basic launcher runs one), Slurm's cpus_per_task, or
+    the CPUs a job asks Ray for."""
+    kind = str(launcher._target_).rsplit(".", 1)[-1]
+    if kind == "SlurmLauncher":
+        return int(launcher.cpus_per_task or 1)
+    if kind == "RayLauncher":
+        return int(OmegaConf.select(launcher, "ray.remote.num_cpus") or 1)
+    cores = available_cores()
+    at_once = {"JoblibLauncher": OmegaConf.select(launcher, "n_jobs"), "LocalLauncher": jobs}.get(kind, 1)
+    at_once = cores if at_once is None or at_once < 0 else at_once
+    return max(1, cores // max(1, min(at_once, jobs or at_once)))
 
 
 @dataclass(frozen=True)
@@ -66,32 +82,36 @@ class MlflowSweep(Callback):
         quiet_libraries(bool(config.hydra.verbose))
         from mnistexp import search, tracking
 
-        keys, size = sweep_plan(config)
-        tracking_cfg = typed(config.tracking, TrackingConfig)
-        selection = Selection.from_config(config.selection.metric, config.selection.mode, config.data.validation_size)
-        tags = {
-            "mnistexp.sweep": "parent",
-            "mnistexp.swept_keys": ",".join(keys),
-            "mnistexp.sweep_overrides": " ".join(config.hydra.overrides.task),
-        }
-        study = None
-        try:
-            if search.is_search(config):
-                study = search.study_of(config)
-                size = search.trials_to_run(study, config.hydra.sweeper.n_trials)
-                parent = self._study_parent(tracking_cfg, config.hydra.sweeper.storage, study, tags)
-            else:
-                name = f"sweep {' '.join(keys)}".strip()
-                parent = tracking.start_parent_run(
-                    tracking_cfg, name, {**tags, "mnistexp.sweep_size": str(size or "?")}
-                )
-        except UserError as error:
-            report(str(error))
-            raise SystemExit(2) from error
-        storage_and_name = (config.hydra.sweeper.storage, config.hydra.sweeper.study_name) if study else None
-        self.sweep = _Sweep(parent, tracking_cfg, selection, storage_and_name)
-        SweepContext(parent, tuple(keys), size).hand_off(config, tracking.absolute_uri())
-        log.info("sweep over %s: %s jobs, parent run %s", ", ".join(keys) or "nothing", size or "?", parent)
+        with interrupts.held():  # the parent exists and is known here, or neither
+            keys, size = sweep_plan(config)
+            tracking_cfg = typed(config.tracking, TrackingConfig)
+            selection = Selection.from_config(
+                config.selection.metric, config.selection.mode, config.data.validation_size
+            )
+            tags = {
+                "mnistexp.sweep": "parent",
+                "mnistexp.swept_keys": ",".join(keys),
+                "mnistexp.sweep_overrides": " ".join(config.hydra.overrides.task),
+            }
+            study = None
+            try:
+                if search.is_search(config):
+                    study = search.study_of(config)
+                    size = search.trials_to_run(study, config.hydra.sweeper.n_trials)
+                    parent = self._study_parent(tracking_cfg, config.hydra.sweeper.storage, study, tags)
+                else:
+                    name = f"sweep {' '.join(keys)}".strip()
+                    parent = tracking.start_parent_run(
+                        tracking_cfg, name, {**tags, "mnistexp.sweep_size": str(size or "?")}
+                    )
+            except UserError as error:
+                report(str(error))
+                raise SystemExit(2) from error
+            storage_and_name = (config.hydra.sweeper.storage, config.hydra.sweeper.study_name) if study else None
+            self.sweep = _Sweep(parent, tracking_cfg, selection, storage_and_name)
+            context = SweepContext(parent, tuple(keys), size, threads_per_job(config.hydra.launcher, size))
+            context.hand_off(config, tracking.absolute_uri())
+            log.info("sweep over %s: %s jobs, parent run %s", ", ".join(keys) or "nothing", size or "?", parent)
 
     @staticmethod
     def _study_parent(tracking_cfg: TrackingConfig, storage: str, study: Any, tags: dict[str, str]) -> str:
@@ -122,6 +142,7 @@ class MlflowSweep(Callback):
         return search.log_study(MlflowClient(), sweep.parent_run_id, opened)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        interrupts.check()  # no job starts after a signal
         context = SweepContext.from_env()
         if context is not None:
             of = f"/{context.size}" if context.size else ""
@@ -136,14 +157,15 @@ class MlflowSweep(Callback):
         from mnistexp.sweep_summary import finish_parent_run
 
         in_flight = sys.exc_info()[1]  # Hydra calls this from a `finally`: an interrupt may be on its way up
-        if sweep.study is not None:
-            log.info(self._log_study(sweep, sweep.study))
-        outcome = finish_parent_run(
-            sweep.tracking_cfg,
-            sweep.parent_run_id,
-            sweep.selection,
-            interrupted=isinstance(in_flight, KeyboardInterrupt),
-        )
+        with interrupts.held():  # a signal now still ends the parent KILLED, with its summary
+            if sweep.study is not None:
+                log.info(self._log_study(sweep, sweep.study))
+            outcome = finish_parent_run(
+                sweep.tracking_cfg,
+                sweep.parent_run_id,
+                sweep.selection,
+                interrupted=isinstance(in_flight, KeyboardInterrupt),
+            )
         log.info(outcome.report)
         for line in outcome.failures:
             report(line)

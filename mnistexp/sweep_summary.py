@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from mnistexp.config import TrackingConfig
 from mnistexp.selection import Selection
@@ -21,12 +22,14 @@ def finish_parent_run(
 ) -> SweepOutcome:
     """Summarise the children on the parent (table, best run by the selection rule, plots) and end it.
 
-    The parent ends KILLED if the sweep was interrupted or a child was killed, FAILED if a child
-    failed or none finished, else FINISHED.
+    The parent ends KILLED if the sweep was interrupted (here, or by a signal this process got) or a
+    child was killed, FAILED if a child failed or none finished, else FINISHED. The launcher has
+    returned, so a child still RUNNING belongs to a job that is gone: it ends KILLED (interrupted)
+    or FAILED, never left RUNNING.
     """
     from mlflow import MlflowClient
 
-    from mnistexp import plots, summary, tracking
+    from mnistexp import interrupts, plots, summary, tracking
 
     tracking.use_store(tracking_cfg)
     client = MlflowClient()
@@ -34,8 +37,10 @@ def finish_parent_run(
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000
     )
+    interrupted = interrupted or interrupts.received() is not None
+    ended = [_ended(client, child, interrupted) for child in children]
     reused = [client.get_run(run_id) for tag, run_id in parent.data.tags.items() if tag.startswith(REUSED_TAG_PREFIX)]
-    table = summary.rows([*children, *reused], selection)
+    table = summary.rows([*ended, *reused], selection)
     keys = [key for key in parent.data.tags.get("mnistexp.swept_keys", "").split(",") if key]
     keys = keys or summary.varying_keys(table)
     client.log_text(parent_run_id, summary.to_csv(table, keys, selection), "sweep/summary.csv")
@@ -71,6 +76,7 @@ def finish_parent_run(
             client.log_figure(parent_run_id, figure, f"sweep/{metric}_by_{key}.png")
             plots.close(figure)
     report.append(summary.to_text(table, keys, selection))
+    interrupted = interrupts.settle() is not None or interrupted  # a later signal changes nothing
     status = (
         "KILLED"
         if interrupted or "KILLED" in statuses
@@ -79,10 +85,21 @@ def finish_parent_run(
         else "FINISHED"
     )
     client.set_terminated(parent_run_id, status)
-    by_id = {run.info.run_id: run for run in children}
+    by_id = {run.info.run_id: run for run in ended}
     failures = [
         f"job {row.name} {row.status}: {by_id[row.run_id].data.tags.get('mnistexp.error', 'no error recorded')}"
         for row in table
         if row.status in ("FAILED", "KILLED") and row.run_id in by_id
     ]
     return SweepOutcome("\n".join(report), failures)
+
+
+def _ended(client: Any, child: Any, interrupted: bool) -> Any:
+    """The child as it is, or, if it is still RUNNING, ended KILLED or FAILED with the reason."""
+    if child.info.status != "RUNNING":
+        return child
+    status = "KILLED" if interrupted else "FAILED"
+    why = "the sweep was interrupted" if interrupted else "its job ended without ending its run"
+    client.set_tag(child.info.run_id, "mnistexp.error", f"{why}; the run was ended {status} by the sweep")
+    client.set_terminated(child.info.run_id, status)
+    return client.get_run(child.info.run_id)

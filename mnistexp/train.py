@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import platform
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,16 +13,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mnistexp import interrupts
 from mnistexp.config import OPTIMIZERS, EarlyStoppingConfig, OptimizerConfig, TrainerConfig
 from mnistexp.data import Dataset
-from mnistexp.errors import Terminated, TrainingDivergedError
+from mnistexp.errors import TrainingDivergedError
+from mnistexp.evaluate import compiled_pass
 
 
 @dataclass(frozen=True)
 class FitResult:
     history: dict[str, list[float]]  # metric name -> one value per epoch trained (val_* with a validation split)
-    fit_seconds: float
+    fit_seconds: float  # validation passes and compilation included
     samples_per_second: float
+    validation_seconds: float  # the part of fit_seconds spent on the validation split
+    compile_seconds: float  # the part spent tracing and compiling the compiled engine's loops
     stopped_epoch: int  # the last epoch trained (0-based, as Keras counts)
     best_epoch: int | None  # early stopping's best epoch by its monitor; None without early stopping
     kept_epoch: int  # the epoch whose weights the model holds now (best_epoch if restored)
@@ -35,10 +36,13 @@ class FitResult:
         return {name: values[self.kept_epoch] for name, values in self.history.items()}
 
 
-def configure_runtime(seed: int, trainer_cfg: TrainerConfig) -> dict[str, str]:
-    """A clean, seeded TensorFlow for this job; returns the facts that identical results depend on."""
-    _set_threads(trainer_cfg.threads)
-    keras.backend.clear_session()  # sweeps run many jobs in one process: start each from nothing
+def configure_runtime(seed: int, trainer_cfg: TrainerConfig, threads: int) -> dict[str, str]:
+    """A clean, seeded TensorFlow on `threads` threads for this job; returns the facts that
+    identical results depend on."""
+    _set_threads(threads)
+    # Sweeps run many jobs in one process: each starts from a clean Keras state. Without the full
+    # garbage collection Keras adds by default (0.7 s a job here); Python's own collector still runs.
+    keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow, including fit's shuffling
     if trainer_cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -90,27 +94,34 @@ def fit(
     Both engines make the same updates: `batch_size` examples per step, the training set
     reshuffled every epoch, the loss and metrics Keras's `fit` would compute, and with a
     validation split `val_loss` and `val_accuracy` after every epoch. Early stopping is Keras's.
+    `fit_seconds` includes compiling the compiled engine's loops, also reported on its own.
+    (Compiling in a background thread while the MLflow run opens was tried: the two contend for
+    the GIL, and the whole run took 1.4 s longer.)
     """
     early_stopping = _early_stopping(trainer_cfg.early_stopping)
-    callbacks = [keras.callbacks.TerminateOnNaN(), *([early_stopping] if early_stopping else []), *callbacks]
-    validation = data.validation
-    with _signals_wait_for_batch_end() as stop:
-        if trainer_cfg.engine == "keras_fit":
-            started = time.perf_counter()
+    timer = _ValidationTimer()
+    callbacks = [keras.callbacks.TerminateOnNaN(), *([early_stopping] if early_stopping else []), *callbacks, timer]
+    compile_seconds = 0.0
+    stop = _StopAtBatchEnd()
+    with interrupts.deferred():
+        started = time.perf_counter()
+        if trainer_cfg.engine == "compiled":
+            engine = CompiledEngine(model, data, trainer_cfg, seed)
+            engine.compile()
+            compile_seconds = time.perf_counter() - started
+            history = engine.fit([stop, *callbacks])
+        else:
             history = model.fit(
                 data.x_train,
                 data.y_train,
                 epochs=trainer_cfg.epochs,
                 batch_size=trainer_cfg.batch_size,
                 shuffle=trainer_cfg.shuffle,
-                validation_data=validation,
+                validation_data=data.validation,
                 validation_batch_size=trainer_cfg.eval_batch_size,
                 verbose=trainer_cfg.verbose,
                 callbacks=[stop, *callbacks],
             ).history
-        else:
-            started = time.perf_counter()
-            history = CompiledEngine(model, data, trainer_cfg, seed).fit([stop, *callbacks])
         seconds = time.perf_counter() - started
     losses = history.get("loss", [])
     if model.stop_training and losses and not all(map(math.isfinite, losses)):
@@ -124,6 +135,8 @@ def fit(
         history,
         seconds,
         len(data.x_train) * len(losses) / seconds if seconds > 0 else 0.0,
+        validation_seconds=timer.seconds,
+        compile_seconds=compile_seconds,
         stopped_epoch=stopped,
         best_epoch=best_epoch,
         kept_epoch=best_epoch if restored and best_epoch is not None else stopped,
@@ -162,16 +175,21 @@ class CompiledEngine:
         self.validation = None
         if data.validation is not None:
             x_val, y_val = data.validation
-            evaluate = _compiled_evaluation(
-                model,
-                tf.constant(x_val),
-                tf.constant(y_val.astype(np.int32)),
-                trainer_cfg.eval_batch_size,
-                trainer_cfg.jit_compile,
-            )
-            self.validation = (evaluate, len(y_val))
+            evaluate = compiled_pass(model, x_val, y_val, trainer_cfg.eval_batch_size)
+            self.validation = (evaluate, y_val)
         self.orders = epoch_orders(int(self.images.shape[0]), seed, trainer_cfg.shuffle)
         self.steps_per_slice = 8  # grows to SLICE_SECONDS' worth once a slice has been timed
+
+    def compile(self) -> None:
+        """Trace and compile the loops for this data's shapes without running a step (an empty
+        step range), and the validation pass by running it once (it changes nothing)."""
+        full_steps, remainder = divmod(int(self.images.shape[0]), self.cfg.batch_size)
+        no_steps = tf.constant(0)
+        for shape in ([full_steps, self.cfg.batch_size], [1, remainder]):
+            if shape[0] and shape[1]:
+                self.train_steps(tf.zeros(shape, tf.int32), no_steps, no_steps)
+        if self.validation is not None:
+            self.validation[0]()
 
     def fit(self, callbacks: list[keras.callbacks.Callback]) -> dict[str, list[float]]:
         size, batch = int(self.images.shape[0]), self.cfg.batch_size
@@ -198,9 +216,15 @@ class CompiledEngine:
                 logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
                 callback_list.on_train_batch_end(done - 1, logs)
             if self.validation is not None:
-                evaluate, count = self.validation
-                val_loss_sum, val_correct = evaluate()
-                logs = {**logs, "val_loss": val_loss_sum / count, "val_accuracy": val_correct / count}
+                evaluate, y_val = self.validation
+                callback_list.on_test_begin()
+                val_loss_sum, predictions = evaluate()
+                callback_list.on_test_end()
+                logs = {
+                    **logs,
+                    "val_loss": val_loss_sum / len(y_val),
+                    "val_accuracy": float(np.mean(predictions == y_val)),
+                }
             callback_list.on_epoch_end(epoch, logs)
             if self.model.stop_training:
                 break
@@ -264,79 +288,31 @@ def _compiled_train_steps(model: keras.Model, images: tf.Tensor, labels: tf.Tens
     return train_steps
 
 
-def _compiled_evaluation(model: keras.Model, images: tf.Tensor, labels: tf.Tensor, batch: int, jit_compile: bool):
-    """A function that returns the sample-weighted loss sum and the hits over a whole split,
-    `batch` examples at a time (the last batch smaller), as `model.evaluate` counts them."""
-
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-    def evaluate_block(index_block: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        def chunk(i, loss_sum, correct):
-            indices = index_block[i]
-            x, y = tf.gather(images, indices), tf.gather(labels, indices)
-            scores = model(x, training=False)
-            loss = model.compute_loss(x=x, y=y, y_pred=scores, training=False)
-            return i + 1, loss_sum + loss * tf.cast(tf.shape(indices)[0], tf.float32), correct + _hits(scores, y)
-
-        _, loss_sum, correct = tf.while_loop(
-            lambda i, *_: i < tf.shape(index_block)[0], chunk, (tf.constant(0), tf.constant(0.0), tf.constant(0))
-        )
-        return loss_sum, correct
-
-    size = int(images.shape[0])
-    full, remainder = divmod(size, batch)
-    order = np.arange(size, dtype=np.int32)
-    blocks = [tf.constant(order[: full * batch].reshape(full, batch))] if full else []
-    if remainder:
-        blocks.append(tf.constant(order[full * batch :].reshape(1, remainder)))
-
-    def evaluate() -> tuple[float, int]:
-        results = [evaluate_block(block) for block in blocks]
-        return sum(float(loss) for loss, _ in results), sum(int(hits) for _, hits in results)
-
-    return evaluate
-
-
 def _hits(scores: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(scores, axis=1, output_type=tf.int32), labels), tf.int32))
 
 
-class _StopAtBatchEnd(keras.callbacks.Callback):
-    """Raises a signal recorded during fit at the next batch boundary, before the epoch is logged."""
+class _ValidationTimer(keras.callbacks.Callback):
+    """The time spent evaluating the validation split (both engines call on_test_begin/end around it)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.pending: int | None = None
+        self.seconds, self._started = 0.0, 0.0
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.pending is not None:
-            raise Terminated() if self.pending == signal.SIGTERM else KeyboardInterrupt()
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        self.seconds += time.perf_counter() - self._started
 
 
-@contextlib.contextmanager
-def _signals_wait_for_batch_end() -> Iterator[_StopAtBatchEnd]:
-    """Ctrl-C or SIGTERM during fit stop it at the end of the running batch.
+class _StopAtBatchEnd(keras.callbacks.Callback):
+    """Raises a signal held back during fit at the next batch boundary, before the epoch is logged.
 
     Raised at an arbitrary point inside a TensorFlow step, KeyboardInterrupt can corrupt its
     native state (seen here: "free(): invalid next size", abort, run left RUNNING). A second
     signal interrupts at once.
     """
-    stop = _StopAtBatchEnd()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
 
-    def record(signum: int, frame: object) -> None:
-        if stop.pending is not None:
-            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-        stop.pending = signum
-
-    previous = {
-        signum: signal.signal(signum, record)
-        for signum in (signal.SIGINT, signal.SIGTERM)
-        if signal.getsignal(signum) not in (signal.SIG_IGN, None)
-    }
-    try:
-        yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        interrupts.check()

@@ -18,6 +18,16 @@ from mnistexp.config import compose
 from .helpers import MNISTEXP, REPO_ROOT, clean_env
 
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
+pytest_plugins = ["pytester", "tests.ci_policy"]  # ci_policy: under CI, a skip that names no environment fails
+
+
+@pytest.fixture(autouse=True)
+def _forget_signals():
+    """A signal one test sends to this process must not make a later test's sweep look interrupted."""
+    yield
+    from mnistexp import interrupts
+
+    interrupts.reset()
 
 
 @pytest.fixture

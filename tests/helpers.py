@@ -37,3 +37,11 @@ def only_children(client, experiment: str = "mnistexp"):
     runs = all_runs(client, experiment)
     [parent] = [run for run in runs if run.data.tags.get("mnistexp.sweep") == "parent"]
     return parent, [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def signals_as_usual() -> dict:
+    """Popen arguments that give the child Ctrl-C's default meaning: a shell starts background jobs
+    (as CI may start pytest) with SIGINT ignored, and children inherit that."""
+    import signal
+
+    return {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)}

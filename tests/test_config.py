@@ -162,13 +162,32 @@ def test_pinned_seed_experiments(compose_cfg, name, hidden_units):
     assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.optimizer.name) == (5, 32, "adam")
 
 
-def test_the_slurm_example_composes_with_the_submitit_launcher(compose_cfg):
-    from mnistexp.config import compose
+@pytest.mark.parametrize(
+    ("launcher", "jobs", "expected"),
+    [
+        (["hydra/launcher=basic"], 4, "cores"),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], 4, "cores/2"),
+        (["hydra/launcher=joblib"], 1, "cores"),  # n_jobs=-1, one job: it gets every core
+        (["hydra/launcher=submitit_local"], 4, "cores/4"),
+        (["experiment=slurm_sweep"], 4, 2),  # cpus_per_task
+        (["hydra/launcher=ray"], 4, 1),  # the CPUs a job asks Ray for: 1 with threads=auto
+        (["hydra/launcher=ray", "trainer.threads=3"], 4, 3),
+    ],
+)
+def test_auto_threads_share_the_cores_among_the_jobs_that_run_at_once(launcher, jobs, expected):
+    from mnistexp.sweep import threads_per_job
+    from mnistexp.sweep_context import available_cores
 
+    cfg = compose(launcher, return_hydra_config=True)
+    cores = available_cores()
+    wanted = {"cores": cores, "cores/2": max(1, cores // 2), "cores/4": max(1, cores // 4)}.get(expected, expected)
+    assert threads_per_job(cfg.hydra.launcher, jobs) == wanted
+
+
+def test_the_slurm_example_composes_with_the_submitit_launcher():
     cfg = compose(["experiment=slurm_sweep"], return_hydra_config=True)
-    validate(compose_cfg("experiment=slurm_sweep"))
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert cfg.hydra.launcher.cpus_per_task == cfg.trainer.threads == 2
+    assert cfg.hydra.launcher.cpus_per_task == 2 and cfg.trainer.threads == "auto"
 
 
 @pytest.mark.parametrize(
@@ -225,3 +244,45 @@ def test_the_working_directorys_experiment_wins_over_the_packaged_one(tmp_path, 
     assert compose(["experiment=seed_hidden_100"]).model.hidden_units == 100
     monkeypatch.chdir(tmp_path)
     assert compose(["experiment=seed_hidden_100"]).model.hidden_units == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("trainer.eval_batch_size=0", "trainer.eval_batch_size"),
+        ("trainer.threads=-2", "trainer.threads"),
+        ("trainer.threads=many", "trainer.threads"),
+        ("trainer.verbose=3", "trainer.verbose"),
+        ("trainer.engine=turbo", "trainer.engine"),
+        ("model.output_activation=nosuch", "model.output_activation"),
+        ("tracking.sample_images=-1", "tracking.sample_images"),
+        ("tracking.http_timeout=0", "tracking.http_timeout"),
+        ("data.image_shape=[28]", "data.image_shape"),
+        ("data.image_shape=[28,0]", "data.image_shape"),
+        ("data.class_names=[digits]", "data.class_names"),
+        ("data.class_names=[a,a,b,c,d,e,f,g,h,i]", "data.class_names"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_its_key(compose_cfg, override, key):
+    with pytest.raises(ConfigError) as refused:
+        validate(compose_cfg(override))
+    assert refused.value.key == key and str(refused.value).startswith(f"{key} ")
+
+
+SKIPPING_TESTS = """
+import pytest
+
+def test_skipped_without_a_reason_of_environment():
+    pytest.skip("set SOME_DATABASE_URI to run this")
+
+def test_skipped_because_the_environment_cannot_have_it():
+    pytest.skip("environment: this machine has no GPU")
+"""
+
+
+@pytest.mark.parametrize(("ci", "failed"), [("1", 1), ("", 0)])
+def test_under_ci_a_skip_fails_unless_it_names_its_environment(pytester, monkeypatch, ci, failed):
+    monkeypatch.setenv("CI", ci)
+    pytester.makepyfile(SKIPPING_TESTS)
+    result = pytester.runpytest("-p", "tests.ci_policy")
+    result.assert_outcomes(failed=failed, skipped=2 - failed)

@@ -141,13 +141,29 @@ def test_corrupt_or_truncated_npz(tmp_path, content):
         load_path(path)
 
 
-def test_pickled_object_arrays_are_refused(tmp_path):
+class LeavesAMarker:
+    """Unpickling this touches a file: the proof that a loader ran pickled code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_object_arrays_are_refused_without_being_unpickled(tmp_path):
+    marker = tmp_path / "unpickled"
     arrays = make_arrays()
-    arrays["y_train"] = np.array([object()] * 12)
+    arrays["y_train"] = np.array([LeavesAMarker(marker)] * len(arrays["y_train"]), dtype=object)
     path = tmp_path / "pickle.npz"
     np.savez(path, **arrays)
-    with pytest.raises(DataError, match=str(path)):
+    with np.load(path, allow_pickle=True) as check:  # the payload works: loading with pickles allowed runs it
+        check["y_train"]
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(DataError, match=rf"{path}: y_train: .*pickle"):
         load_path(path)
+    assert not marker.exists()
 
 
 def test_idx_folder_missing_a_file(tmp_path):

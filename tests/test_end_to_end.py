@@ -187,3 +187,13 @@ def test_tracking_uri_and_experiment_from_config(run_cli, tmp_path):
     )
     _, _, run = only_run(store, "my-exp")
     assert run.info.run_name == "first-try"
+
+
+def test_the_keras_fit_engine_end_to_end(run_cli, tmp_path):
+    run_cli(*SLICE, "trainer.engine=keras_fit", "data.validation_size=300", "model.hidden_units=16")
+    client, _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "FINISHED" and run.data.params["trainer.engine"] == "keras_fit"
+    for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert [point.step for point in client.get_metric_history(run.info.run_id, metric)] == [0, 1]
+    assert run.data.metrics["test_accuracy"] > 0.7  # it learns: 16 hidden units, 2 epochs on 2,700 images (0.80 seen)
+    assert artifact_paths(client, run.info.run_id) >= ARTIFACTS

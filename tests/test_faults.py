@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import subprocess
 from pathlib import Path
@@ -12,7 +13,7 @@ from mlflow import MlflowClient
 
 from mnistexp.config import validate
 
-from .helpers import MNISTEXP, TINY, clean_env
+from .helpers import MNISTEXP, TINY, clean_env, signals_as_usual
 
 pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
 
@@ -83,6 +84,7 @@ def test_a_signal_in_epoch_two_kills_the_run_and_keeps_epoch_one(tmp_path, mnist
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        **signals_as_usual(),
     )
     for line in process.stdout:
         if line.startswith("Epoch 2/"):
@@ -90,7 +92,7 @@ def test_a_signal_in_epoch_two_kills_the_run_and_keeps_epoch_one(tmp_path, mnist
     process.send_signal(signal_number)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == exit_status, output[-2000:]
-    assert "the MLflow run was ended as KILLED" in output and "Traceback" not in output
+    assert f"stopped by {signal.Signals(signal_number).name}" in output and "Traceback" not in output
     [run] = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "KILLED"
     history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run.info.run_id, "loss")
@@ -133,24 +135,35 @@ def test_a_failed_job_does_not_stop_a_sweep(run_cli, tmp_path):
     assert not [run for run in runs if run.info.status == "RUNNING"]
 
 
-def test_processes_starting_together_on_a_new_store_all_succeed(tmp_path, mnist_path):
-    env = clean_env(MNISTEXP_DATA=str(mnist_path))
-    processes = [
-        subprocess.Popen(
-            [MNISTEXP, *TINY, f"seed={seed}"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for seed in range(3)
-    ]
-    errors = [process.communicate(timeout=600)[1] for process in processes]
-    assert [process.returncode for process in processes] == [0, 0, 0], [e[-1500:] for e in errors]
-    runs = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert sorted(run.data.params["seed"] for run in runs) == ["0", "1", "2"]
-    assert all(run.info.status == "FINISHED" for run in runs)
+def first_use(uri: str, barrier, results) -> None:
+    """One process's first use of the store, released with the others at the same instant."""
+    from mnistexp import tracking
+    from mnistexp.config import compose
+
+    tracking_cfg = validate(compose([f"tracking.uri={uri}"])).tracking
+    import mlflow  # loaded before the barrier, so the processes meet at the store, not in imports
+
+    mlflow.set_tracking_uri(uri)
+    barrier.wait(timeout=120)
+    try:
+        results.put(tracking.experiment_id(tracking_cfg))
+    except Exception as error:
+        results.put(f"{error.__class__.__name__}: {error}")
+
+
+def test_processes_opening_a_new_store_at_the_same_instant_all_succeed(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    processes = 4
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=first_use, args=(uri, barrier, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    answers = [results.get(timeout=300) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert len(set(answers)) == 1 and answers[0].isdigit(), answers  # one experiment, the same id for all
+    assert sorted(experiment.name for experiment in MlflowClient(uri).search_experiments()) == ["Default", "mnistexp"]
 
 
 def test_the_runs_command_names_an_unreachable_store():

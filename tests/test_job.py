@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from mnistexp import job
 from mnistexp.config import validate
+from mnistexp.errors import TrainingDivergedError
 from mnistexp.tracking import flatten
 
 ARTIFACTS = {
@@ -147,3 +148,26 @@ def test_the_logged_model_predicts_raw_images_at_the_logged_accuracy(finished):
         scores = model.predict(data["x_test"])
         accuracy = (scores.argmax(axis=1) == data["y_test"]).mean()
     assert accuracy == pytest.approx(finished["run"].data.metrics["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["compiled", "keras_fit"])
+def test_a_diverging_loss_fails_the_run_with_the_learning_rate_hint(tmp_path, engine):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [
+        f"data.path={learnable_npz(tmp_path / 'toy.npz')}",
+        f"tracking.uri={store}",
+        "optimizer=sgd",
+        "model.hidden_units=16",
+        f"trainer.engine={engine}",
+        "trainer.epochs=3",
+        "trainer.verbose=0",
+        "tracking.log_model=false",
+    ]
+    from mnistexp.config import compose
+
+    config = validate(compose(overrides))
+    config.optimizer.learning_rate = 1e30  # past validate's bound (10): no valid config diverges on this data
+    with pytest.raises(TrainingDivergedError, match=r"NaN/inf .* optimizer\.learning_rate"):
+        job.run(config, overrides)
+    [run] = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("mnistexp").experiment_id])
+    assert run.info.status == "FAILED" and "optimizer.learning_rate" in run.data.tags["mnistexp.error"]

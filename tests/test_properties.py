@@ -59,7 +59,7 @@ RULES: dict[str, Callable[[Any], bool]] = {
     "data.image_shape": lambda value: (
         isinstance(value, list) and len(value) == 2 and all(int_in(1, math.inf)(side) for side in value)
     ),
-    "data.class_names": lambda value: isinstance(value, list) and len(value) >= 2,
+    "data.class_names": lambda value: isinstance(value, list) and len(value) >= 2 and len(set(value)) == len(value),
     "data.validation_size": lambda value: int_in(0, math.inf)(value) or (isinstance(value, float) and 0 < value < 1),
     "preprocess.scale": lambda value: isinstance(value, bool),
     "model.hidden_units": hidden_units,
@@ -74,7 +74,7 @@ RULES: dict[str, Callable[[Any], bool]] = {
     "trainer.shuffle": lambda value: isinstance(value, bool),
     "trainer.engine": lambda value: value in ENGINES,
     "trainer.jit_compile": lambda value: isinstance(value, bool),
-    "trainer.threads": int_in(0, 1024),
+    "trainer.threads": lambda value: value == "auto" or int_in(1, 1024)(value),
     "trainer.deterministic": lambda value: isinstance(value, bool),
     "trainer.verbose": int_in(0, 2),
     "trainer.limit_train_samples": optional_positive,
@@ -87,6 +87,7 @@ RULES: dict[str, Callable[[Any], bool]] = {
     "trainer.early_stopping.restore_best_weights": lambda value: isinstance(value, bool),
     "tracking.uri": lambda value: value is None or isinstance(value, str),
     "tracking.experiment": lambda value: isinstance(value, str) and bool(value.strip()),
+    "tracking.evaluation_experiment": lambda value: isinstance(value, str) and bool(value.strip()),
     "tracking.run_name": lambda value: value is None or isinstance(value, str),
     "tracking.log_model": lambda value: isinstance(value, bool),
     "tracking.sample_images": int_in(0, math.inf),

@@ -7,14 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
-from mnistexp.config import compose, config_digest
+from mnistexp.config import compose, config_digest, validate
 from mnistexp.sweep import sweep_plan
 
-from .helpers import MNISTEXP, TINY, clean_env
+from .helpers import MNISTEXP, TINY, clean_env, signals_as_usual
 
 pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
 
@@ -143,6 +144,53 @@ def test_reproduce_gives_identical_metrics_in_a_new_tagged_run(grid):
     assert "mlflow.parentRunId" not in again.data.tags
 
 
+def test_reproduce_on_other_data_exits_1_and_says_the_data_differs(tmp_path, mnist_path):
+    with np.load(mnist_path) as mnist:
+        arrays = {key: mnist[key] for key in mnist.files}
+    data = tmp_path / "mnist.npz"  # the run records this path: reproduce reads whatever is there later
+    np.savez(data, **arrays)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = subprocess.run(
+        [MNISTEXP, *TINY, f"data.path={data}", f"tracking.uri={store}"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    [original] = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("mnistexp").experiment_id])
+    arrays["x_test"] = np.roll(arrays["x_test"], 3, axis=2)  # the same labels, images moved 3 pixels right
+    np.savez(data, **arrays)
+    done = subprocess.run(
+        [RUNS, "--tracking-uri", store, "reproduce", original.info.run_id],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr[-3000:]
+    table = {line.split()[0]: line.split()[-1] for line in done.stdout.splitlines() if line.startswith("test_")}
+    assert table["test_accuracy"] == "NO"
+    assert "note: the data differs from the original run's (mnistexp.data_sha256)" in done.stdout
+
+
+def test_the_pinned_hidden_sweep_runs_as_a_multirun(tmp_path, mnist_path):
+    done = subprocess.run(
+        [MNISTEXP, "-m", "experiment=hidden_sweep", *TINY],
+        cwd=tmp_path,
+        env=clean_env(MNISTEXP_DATA=str(mnist_path)),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    parents, children = split(runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    pinned = OmegaConf.load(Path(__file__).parent.parent / "experiments" / "hidden_sweep.yaml")
+    swept = str(pinned.hydra.sweeper.params["model.hidden_units"]).split(",")
+    assert [parent.info.status for parent in parents] == ["FINISHED"]
+    assert sorted(int(child.data.params["model.hidden_units"]) for child in children) == sorted(map(int, swept))
+    assert all(child.info.status == "FINISHED" for child in children)
+
+
 def test_pin_writes_an_experiment_that_the_working_directory_finds_first(grid, tmp_path, monkeypatch):
     _, children = split(runs_in(grid["uri"]))
     original = children[0]
@@ -155,7 +203,7 @@ def test_pin_writes_an_experiment_that_the_working_directory_finds_first(grid, t
     logged = Path(
         MlflowClient(grid["uri"]).download_artifacts(original.info.run_id, "config/resolved.yaml", str(tmp_path))
     )
-    assert config_digest(cfg) == config_digest(OmegaConf.merge(cfg, OmegaConf.load(logged)))
+    assert config_digest(validate(cfg)) == config_digest(validate(OmegaConf.merge(cfg, OmegaConf.load(logged))))
     assert cfg.tracking.run_name == "seed_hidden_100"
     assert cfg.model.hidden_units == int(original.data.params["model.hidden_units"])
     again = subprocess.run(pin, capture_output=True, text=True, env=grid["env"], cwd=tmp_path)
@@ -167,16 +215,17 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path, mn
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep = [MNISTEXP, "-m", "model.hidden_units=0,16,32", *TINY]
     process = subprocess.Popen(
-        sweep, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        sweep, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **signals_as_usual()
     )
     for line in process.stdout:  # the first job's closing line: its run is FINISHED, then Ctrl-C
         if "test_accuracy=" in line:
             break
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=120)
-    assert process.returncode != 0
+    assert process.returncode == 130
     first = runs_in(uri)
     assert not [run for run in first if run.info.status == "RUNNING"]
+    assert [parent.info.status for parent in split(first)[0]] == ["KILLED"]
     finished_before = {
         run.data.params["model.hidden_units"] for run in split(first)[1] if run.info.status == "FINISHED"
     }
@@ -188,7 +237,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path, mn
     assert done.returncode == 0, done.stderr[-3000:]
     assert (done.stdout + done.stderr).count("skipped: run") == len(finished_before)
     parents, children = split(runs_in(uri))
-    assert len(parents) == 2 and all(p.info.status in ("FINISHED", "KILLED") for p in parents)
+    assert sorted(parent.info.status for parent in parents) == ["FINISHED", "KILLED"]
     trained = [run.data.params["model.hidden_units"] for run in children]
     assert set(trained) == {"0", "16", "32"}
     for units in finished_before:  # a finished job was trained once, never again

@@ -1,0 +1,65 @@
+"""The Hydra app behind `mnistexp`: compose the config, validate it, run the job; bad input is one line."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import hydra
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from mnistexp.config import CONFIG_MODULE, TrackingConfig, register, typed, validate
+from mnistexp.errors import SHOW_TRACEBACKS, UserError, report
+from mnistexp.hydra_errors import explain
+from mnistexp.sweep_context import SweepContext
+
+register()
+
+
+@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", execution_whitelist=["mnistexp.*"])
+def _job(cfg: DictConfig) -> float:
+    """One job. Outside a sweep a bad input ends the process (exit 2); in a sweep it becomes a FAILED
+    child and the job returns NaN, so the sweep (and an Optuna study) goes on."""
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    sweep = SweepContext.from_env()  # set by the sweep's callback through hydra.job.env_set
+    try:
+        config = validate(cfg)
+        from mnistexp.job import run  # TensorFlow and MLflow load only for a job that will run
+
+        return run(config, overrides, sweep, verbose=bool(hydra_cfg.verbose)).objective
+    except Exception as error:
+        if SHOW_TRACEBACKS or not (in_sweep or isinstance(error, UserError)):
+            raise  # a bug outside a sweep: the traceback is what helps
+        if not in_sweep:
+            report(str(error))
+            sys.exit(2)
+        report(f"job {' '.join(overrides)}: {error}")
+        from mnistexp import tracking
+
+        if sweep is not None and not getattr(error, tracking.RECORDED_IN_RUN, None):  # else its run ended FAILED
+            tracking.record_failed_run(typed(cfg.tracking, TrackingConfig), sweep, overrides, error)
+        return math.nan
+
+
+def run_command() -> int:
+    """Run the command line through Hydra; returns the exit status (KeyboardInterrupt goes up)."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them; we say them in one line
+    try:
+        _job()
+        return 0
+    except SystemExit as leaving:  # a bad input said in one line (2), or failed jobs in a sweep (1)
+        return leaving.code if isinstance(leaving.code, int) else 1
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError, ValueError) as error:
+        message = None if SHOW_TRACEBACKS else explain(error)
+        if message is None:
+            raise
+        report(message)
+        return 2
