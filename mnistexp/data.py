@@ -6,9 +6,11 @@ import gzip
 import hashlib
 import struct
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +18,7 @@ from mnistexp.config import ConfigError, DataConfig
 from mnistexp.errors import DataError
 
 SPLITS = ("x_train", "y_train", "x_test", "y_test")  # what a source provides
+IMAGE_KEYS = ("images", "x_test", "x")  # what `read_images` takes from an .npz of images alone
 ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")  # what a Dataset holds
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -173,21 +176,51 @@ def _download(name: str) -> dict[str, np.ndarray]:
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
-def _read_npz(file: Path) -> dict[str, np.ndarray]:
+def read_images(path: str, image_shape: Sequence[int]) -> np.ndarray:
+    """Images to predict on, checked as `data.path` is: an .npz holding one array (or an array named
+    `images`, `x_test` or `x`), or an IDX image file (.gz or not). Raw pixels, 0-255."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise DataError(f"image file not found: {file}")
+    if file.suffix == ".npz":
+
+        def pick(files: list[str]) -> list[str]:
+            named = [key for key in IMAGE_KEYS if key in files]
+            return named[:1] or (files if len(files) == 1 else [])
+
+        [images] = _read_npz(file, pick).values()
+    else:
+        images = _read_idx(file)
+    return _checked_images(images, str(file), tuple(image_shape))
+
+
+def _read_npz(file: Path, wanted: Callable[[list[str]], list[str]] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz: the four splits, or those `wanted` picks from the names found."""
     try:
         with np.load(file, allow_pickle=False) as npz:
-            missing = [key for key in SPLITS if key not in npz.files]
-            if missing:
-                raise DataError(
-                    f"{file}: missing arrays {', '.join(missing)} (found: {', '.join(npz.files) or 'none'})"
-                )
-            return {key: npz[key] for key in SPLITS}
+            keys = wanted(list(npz.files)) if wanted else list(SPLITS)
+            missing = [key for key in SPLITS if key not in npz.files] if wanted is None else []
+            if missing or not keys:
+                needed = ", ".join(missing) if missing else f"one array, or one named {', '.join(IMAGE_KEYS)}"
+                raise DataError(f"{file}: missing arrays {needed} (found: {', '.join(npz.files) or 'none'})")
+            return {key: _array(npz, key, file) for key in keys}
     except DataError:
         raise
     except PermissionError as error:
         raise DataError(f"{file}: cannot read ({error.strerror})") from error
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
         raise DataError(f"{file}: not a readable .npz archive ({error})") from error
+
+
+def _array(npz: Any, key: str, file: Path) -> np.ndarray:
+    try:
+        return np.asarray(npz[key])
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise
+        raise DataError(
+            f"{file}: {key}: an array of Python objects (a pickle); refused unread, as it could run code"
+        ) from error
 
 
 def _read_idx_folder(folder: Path) -> dict[str, np.ndarray]:

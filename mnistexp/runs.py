@@ -1,4 +1,4 @@
-"""`mnistexp-runs`: compare runs in the MLflow store, reproduce one from its logged config, pin it as an experiment."""
+"""`mnistexp-runs`: compare, reproduce, pin and register runs; evaluate a model on new data; predict."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     pin = commands.add_parser("pin", help="write experiments/NAME.yaml that reproduces a run")
     pin.add_argument("run_id", metavar="RUN_ID")
     pin.add_argument("name", metavar="NAME")
+    pin.add_argument("--best", action="store_true", help="RUN_ID is a sweep's parent: pin the run it chose")
     pin.add_argument(
         "--dir",
         type=Path,
@@ -65,6 +66,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     pin.add_argument("--force", action="store_true", help="overwrite an existing file")
     pin.set_defaults(handler=pin_run)
+
+    register = commands.add_parser("register", help="the run's model as a new version of NAME, alias champion")
+    register.add_argument("run_id", metavar="RUN_ID")
+    register.add_argument("name", metavar="NAME", help="the registered model's name")
+    register.add_argument("--best", action="store_true", help="RUN_ID is a sweep's parent: register the run it chose")
+    register.set_defaults(handler=register_run)
+
+    evaluate = commands.add_parser("evaluate", help="a model on the test split of any data, as a new run")
+    evaluate.add_argument(
+        "model_uri", metavar="MODEL_URI", help="models:/NAME@champion, models:/<id>, runs:/<id>/model"
+    )
+    evaluate.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. data.path=new.npz trainer.limit_test_samples=1000",
+    )
+    evaluate.set_defaults(handler=evaluate_model)
+
+    predict = commands.add_parser("predict", help="class scores for every image of a file, as CSV")
+    predict.add_argument("model_uri", metavar="MODEL_URI", help="models:/NAME@champion, models:/<id>, runs:/<id>/model")
+    predict.add_argument("images", metavar="IMAGES", help="an .npz of images (one array, or `images`), or an IDX file")
+    predict.add_argument("--out", type=Path, help="the CSV to write (default: standard output)")
+    predict.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data=fashion_mnist")
+    predict.set_defaults(handler=predict_images)
     return parser
 
 
@@ -209,24 +235,84 @@ def pin_run(args: argparse.Namespace) -> int:
     if target.exists() and not args.force:
         raise UserError(f"{target} exists; pass --force to overwrite it")
     client = _client(args)
-    run = _get_run(client, args.run_id)
-    cfg = as_dict(logged_config(client, args.run_id))
+    run = _get_run(client, _chosen(client, args))
+    cfg = as_dict(logged_config(client, run.info.run_id))
     cfg["data"].pop("path")  # the data is found as usual (data.path / MNISTEXP_DATA); its digest is below
     cfg["tracking"] = {"experiment": cfg["tracking"]["experiment"], "run_name": args.name}
     metrics = run.data.metrics
+    selection = run.data.tags.get("mnistexp.selection_metric", "test_accuracy")
     header = [
         "# @package _global_",
         f"# Pinned from MLflow run {run.info.run_id} ({run.info.run_name}) on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"# store: {client.tracking_uri}",
-        f"# test_accuracy={metrics.get('test_accuracy', float('nan')):.6f} "
-        f"test_loss={metrics.get('test_loss', float('nan')):.6f}",
+        "# "
+        + " ".join(
+            f"{name}={metrics.get(name, float('nan')):.6f}"
+            for name in dict.fromkeys((selection, "test_accuracy", "test_loss"))
+        ),
         f"# data sha256: {run.data.tags.get('mnistexp.data_sha256', 'unknown')}",
         f"# Run it again: mnistexp experiment={args.name}",
     ]
     args.dir.mkdir(parents=True, exist_ok=True)
     target.write_text("\n".join(header) + "\n" + OmegaConf.to_yaml(OmegaConf.create(cfg)))
     print(f"pinned run {run.info.run_id} as {target}")
+    return 0
+
+
+def _chosen(client, args: argparse.Namespace) -> str:
+    """RUN_ID itself, or with --best the run a sweep's parent chose by its selection rule."""
+    from mnistexp import registry
+
+    return registry.best_child(client, args.run_id) if args.best else args.run_id
+
+
+def register_run(args: argparse.Namespace) -> int:
+    from mnistexp import registry
+
+    client = _client(args)
+    run = _get_run(client, _chosen(client, args))
+    version = registry.register(client, run, args.name)
+    print(
+        f"registered run {run.info.run_id} ({run.info.run_name}) as {args.name} version {version.version}, "
+        f"alias {registry.CHAMPION}"
+    )
+    print(
+        f"serve it: mlflow models serve -m models:/{args.name}@{registry.CHAMPION} --env-manager local "
+        "-h 127.0.0.1 -p 5001"
+    )
+    return 0
+
+
+def _config(args: argparse.Namespace) -> MnistexpConfig:
+    """conf/ with the command's overrides, validated, on the store --tracking-uri names."""
+    config = validate(compose(args.overrides))
+    config.tracking.uri = args.tracking_uri or config.tracking.uri
+    return config
+
+
+def evaluate_model(args: argparse.Namespace) -> int:
+    from mnistexp import model_eval
+
+    _client(args)
+    run_id, results = model_eval.evaluate(args.model_uri, _config(args))
+    print(
+        f"{args.model_uri}: test_accuracy={results.accuracy:.4f} test_loss={results.loss:.4f} "
+        f"on {len(results.predictions)} images; run {run_id}"
+    )
+    return 0
+
+
+def predict_images(args: argparse.Namespace) -> int:
+    from mnistexp import model_eval
+
+    _client(args)
+    table = model_eval.predict(args.model_uri, args.images, _config(args))
+    if args.out is None:
+        sys.stdout.write(table)
+    else:
+        args.out.write_text(table)
+        print(f"predictions for {table.count(chr(10)) - 1} images: {args.out}", file=sys.stderr)
     return 0
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import numpy as np
 from omegaconf import OmegaConf
 
+from mnistexp import interrupts
 from mnistexp.errors import TrackingError
 
 if TYPE_CHECKING:
@@ -150,29 +151,44 @@ def experiment_id(tracking_cfg: TrackingConfig) -> str:
 def mlflow_run(
     tracking_cfg: TrackingConfig, run_name: str | None, tags: Mapping[str, str], parent_run_id: str | None = None
 ) -> Iterator[ActiveRun]:
-    """One MLflow run that always ends: FINISHED, FAILED (error tagged, traceback logged) or KILLED."""
+    """One MLflow run that always ends: FINISHED, FAILED (error tagged, traceback logged) or KILLED.
+
+    A signal never cuts the opening or the ending of the run; in its body it waits for a safe
+    point (a batch end, the body's end), and the run then ends KILLED."""
     import mlflow
 
     experiment = experiment_id(tracking_cfg)
+    run = None
     try:
-        run = mlflow.start_run(
-            experiment_id=experiment, run_name=run_name, tags=dict(tags), parent_run_id=parent_run_id
-        )
-    except Exception as error:
-        raise TrackingError(f"cannot start a run in {_store_uri()}: {_first_line(error)}") from error
-    try:
-        yield run
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
+        with interrupts.held():
+            try:
+                run = mlflow.start_run(
+                    experiment_id=experiment, run_name=run_name, tags=dict(tags), parent_run_id=parent_run_id
+                )
+            except Exception as error:
+                raise TrackingError(f"cannot start a run in {_store_uri()}: {_first_line(error)}") from error
+        with interrupts.deferred():
+            yield run
     except BaseException as error:
-        setattr(error, RECORDED_IN_RUN, run.info.run_id)  # tells a sweep the failure is already on record
-        mlflow.set_tag("mnistexp.error", _first_line(error)[:5000])
-        mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
-        mlflow.end_run("FAILED")
+        if run is not None:
+            with interrupts.held():
+                _end_run_after(error, run.info.run_id)
         raise
     else:
-        mlflow.end_run("FINISHED")
+        with interrupts.held():
+            mlflow.end_run("FINISHED")
+
+
+def _end_run_after(error: BaseException, run_id: str) -> None:
+    import mlflow
+
+    if isinstance(error, KeyboardInterrupt):
+        mlflow.end_run("KILLED")
+        return
+    setattr(error, RECORDED_IN_RUN, run_id)  # tells a sweep the failure is already on record
+    mlflow.set_tag("mnistexp.error", _first_line(error)[:5000])
+    mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
+    mlflow.end_run("FAILED")
 
 
 def start_parent_run(tracking_cfg: TrackingConfig, name: str, tags: Mapping[str, str]) -> str:
@@ -213,26 +229,27 @@ def record_failed_run(
 
     use_store(tracking_cfg)
     client = MlflowClient()
-    try:
-        parent = client.get_run(sweep.parent_run_id)
-        run = client.create_run(
-            parent.info.experiment_id,
-            run_name=sweep.run_name(list(overrides)),
-            tags={
-                "mlflow.parentRunId": sweep.parent_run_id,
-                "mnistexp.error": f"{error.__class__.__name__}: {error}"[:5000],
-                "mnistexp.overrides": " ".join(overrides),
-            },
-        )
-        for item in overrides:  # what was asked for, so the summary table shows the failed values
-            key, _, value = item.lstrip("+~").partition("=")
-            client.log_param(run.info.run_id, key, value)
-        client.log_text(run.info.run_id, "".join(traceback.format_exception(error)), "error/traceback.txt")
-        client.set_terminated(run.info.run_id, "FAILED")
-    except Exception as tracking_error:
-        raise TrackingError(
-            f"could not record the failed job in {_store_uri()}: {_first_line(tracking_error)}"
-        ) from tracking_error
+    with interrupts.held():  # created and ended whole
+        try:
+            parent = client.get_run(sweep.parent_run_id)
+            run = client.create_run(
+                parent.info.experiment_id,
+                run_name=sweep.run_name(list(overrides)),
+                tags={
+                    "mlflow.parentRunId": sweep.parent_run_id,
+                    "mnistexp.error": f"{error.__class__.__name__}: {error}"[:5000],
+                    "mnistexp.overrides": " ".join(overrides),
+                },
+            )
+            for item in overrides:  # what was asked for, so the summary table shows the failed values
+                key, _, value = item.lstrip("+~").partition("=")
+                client.log_param(run.info.run_id, key, value)
+            client.log_text(run.info.run_id, "".join(traceback.format_exception(error)), "error/traceback.txt")
+            client.set_terminated(run.info.run_id, "FAILED")
+        except Exception as tracking_error:
+            raise TrackingError(
+                f"could not record the failed job in {_store_uri()}: {_first_line(tracking_error)}"
+            ) from tracking_error
 
 
 def _store_uri() -> str:
@@ -325,17 +342,41 @@ def log_data(data: Dataset, name: str) -> None:
         mlflow.log_input(dataset, context=context)
 
 
+def log_test_input(data: Dataset, name: str) -> None:
+    """The test split as an MLflow dataset input with context `evaluation`, and its summary."""
+    import mlflow
+    from mlflow.data.numpy_dataset import from_numpy
+
+    mlflow.log_dict(data.summary(), "data/summary.json")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = from_numpy(
+            data.x_test, targets=data.y_test, source=data.source, name=f"{name}-evaluation", digest=data.digest[:8]
+        )
+    mlflow.log_input(dataset, context="evaluation")
+
+
 def epoch_metrics_callback() -> keras.callbacks.Callback:
-    """MLflow's own Keras callback: loss and accuracy at the end of every epoch, step = epoch.
+    """MLflow's own Keras callback: every epoch's figures at its end, step = epoch.
 
     Its start-of-training logging (optimizer settings, model summary) is done by `log_model_setup`
     before training instead, so the time it takes stays out of `fit_seconds`.
     """
+    import mlflow
     from mlflow.keras.callback import MlflowCallback
 
     class EpochMetrics(MlflowCallback):
         def on_train_begin(self, logs: dict | None = None) -> None:
             pass
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            # Synchronously: MLflow's asynchronous queue takes about a second to shut down at
+            # the end of the run, more than a job's few epochs take to log.
+            if logs:
+                mlflow.log_metrics(logs, step=epoch)
+
+        def on_test_end(self, logs: dict | None = None) -> None:
+            pass  # val_loss and val_accuracy come with the epoch's figures already
 
     return EpochMetrics(log_every_epoch=True)
 
@@ -363,6 +404,8 @@ def log_fit(fitted: FitResult) -> None:
         {
             "fit_seconds": fitted.fit_seconds,
             "samples_per_second": fitted.samples_per_second,
+            "validation_seconds": fitted.validation_seconds,
+            "compile_seconds": fitted.compile_seconds,
             "stopped_epoch": fitted.stopped_epoch,
         }
     )

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from .conftest import mlflow_server
-from .helpers import MNISTEXP, TINY, clean_env
+from .helpers import MNISTEXP, MNISTEXP_RUNS, TINY, clean_env
 
 pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
 
@@ -20,7 +20,7 @@ def sweep(workdir: Path, mnist_path: Path, *args: str, tracking_uri: str | None 
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     done = subprocess.run(
-        [MNISTEXP, "-m", *args, *TINY], cwd=workdir, env=env, capture_output=True, text=True, timeout=900
+        [MNISTEXP, "-m", *TINY, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout + done.stderr
@@ -55,18 +55,39 @@ def check_server_store(url: str, artifacts: Path | None) -> None:
         assert child.info.status == "FINISHED" and child.data.metrics["test_accuracy"] > 0.3
         assert len(client.get_metric_history(child.info.run_id, "loss")) == 1
         paths = {item.path for item in client.list_artifacts(child.info.run_id, "plots")}
-        assert paths == {"plots/confusion_matrix.png", "plots/sample_predictions.png"}
+        assert paths == {"plots/confusion_matrix.png", "plots/sample_predictions.png", "plots/learning_curves.png"}
     assert {item.path for item in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/summary.csv"}
     if artifacts is not None:  # the server stored them in its own artifact store, not the client's disk
         assert any(artifacts.rglob("confusion_matrix.png"))
 
 
+def register_best(uri: str, workdir: Path, parent_run_id: str, version: int) -> None:
+    """`mnistexp-runs register --best` against this store: version `version` of `digits`, the champion."""
+    done = subprocess.run(
+        [MNISTEXP_RUNS, "--tracking-uri", uri, "register", "--best", parent_run_id, "digits"],
+        cwd=workdir,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias("digits", "champion")
+    best = client.get_run(client.get_run(parent_run_id).data.tags["mnistexp.best_run_id"])
+    assert str(champion.version) == str(version) and champion.run_id == best.info.run_id
+    assert float(champion.tags["test_accuracy"]) == best.data.metrics["test_accuracy"]
+    assert champion.tags["mnistexp.config_sha256"] == best.data.tags["mnistexp.config_sha256"]
+
+
 def test_a_sweep_against_a_tracking_server_with_sqlite(tmp_path, mnist_path):
     artifacts = tmp_path / "server-artifacts"
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path, artifacts) as url:
-        output = sweep(tmp_path, mnist_path, "model.hidden_units=0,16", tracking_uri=url)
+        output = sweep(tmp_path, mnist_path, "model.hidden_units=0,16", "tracking.log_model=true", tracking_uri=url)
         assert f"see it: open {url}" in output
         check_server_store(url, artifacts)
+        _, parent, _ = parent_and_children(url)
+        register_best(url, tmp_path, parent.info.run_id, version=1)
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -76,5 +97,9 @@ def test_a_sweep_against_a_tracking_server_with_postgresql(tmp_path, mnist_path)
         pytest.skip("set MNISTEXP_TEST_POSTGRES_URI to an empty PostgreSQL database (.ci/run starts one)")
     artifacts = tmp_path / "server-artifacts"
     with mlflow_server(database, tmp_path, artifacts) as url:
-        sweep(tmp_path, mnist_path, "model.hidden_units=0,16", "tracking.experiment=mnistexp", tracking_uri=url)
+        overrides = ("model.hidden_units=0,16", "tracking.experiment=mnistexp", "tracking.log_model=true")
+        sweep(tmp_path, mnist_path, *overrides, tracking_uri=url)
         check_server_store(url, artifacts)
+        _, parent, _ = parent_and_children(url)
+        register_best(url, tmp_path, parent.info.run_id, version=1)  # the registry through the server
+    register_best(database, tmp_path, parent.info.run_id, version=2)  # and in the PostgreSQL store itself

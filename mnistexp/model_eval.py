@@ -1,0 +1,101 @@
+"""`mnistexp-runs evaluate` and `predict`: a logged or registered model on new data, checked as data.path is."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from mnistexp import data as data_lib
+from mnistexp.config import MnistexpConfig
+from mnistexp.errors import UserError
+
+
+def load_keras_model(model_uri: str) -> Any:
+    """The Keras model behind `models:/NAME@ALIAS`, `models:/<model_id>` or `runs:/RUN_ID/model`."""
+    from mnistexp import imports
+
+    imports.tensorflow(verbose=False)
+    import mlflow.keras
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.keras.load_model(model_uri)
+    except (MlflowException, OSError) as error:
+        raise UserError(f"cannot load the model {model_uri}: {str(error).splitlines()[0]}") from error
+
+
+def _check_fits(model: Any, image_shape: list[int], classes: int, model_uri: str) -> None:
+    inputs, outputs = tuple(model.input_shape[1:]), model.output_shape[-1]
+    if inputs != tuple(image_shape) or outputs != classes:
+        raise UserError(
+            f"{model_uri} takes images of {inputs} into {outputs} classes, but the data has images of "
+            f"{tuple(image_shape)} in {classes} classes (data.image_shape, data.class_names)"
+        )
+
+
+def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
+    """The model on the test split of the configured data, as a new run in the evaluation experiment,
+    its metrics linked to the model: returns the run id and the Evaluation."""
+    import mlflow
+
+    from mnistexp import evaluate as evaluation
+    from mnistexp import plots, tracking
+
+    data = data_lib.load(cfg.data).limit(cfg.trainer.limit_train_samples, cfg.trainer.limit_test_samples)
+    tracking.check_store(cfg.tracking)
+    model = load_keras_model(model_uri)
+    _check_fits(model, list(cfg.data.image_shape), len(cfg.data.class_names), model_uri)
+    results = evaluation.evaluate(model, data, cfg.trainer, cfg.data)
+    model_id = mlflow.models.get_model_info(model_uri).model_id
+    evaluation_tracking = replace(cfg.tracking, experiment=cfg.tracking.evaluation_experiment)
+    tags = {
+        "mnistexp.evaluated_model": model_uri,
+        "mnistexp.model_id": str(model_id),
+        "mnistexp.data_sha256": data.digest,
+        **tracking.environment_tags(),
+    }
+    with tracking.mlflow_run(evaluation_tracking, f"evaluate {model_uri}", tags) as active:
+        mlflow.log_params(
+            {
+                f"data.{key}": value
+                for key, value in {"name": cfg.data.name, "path": cfg.data.path, "test_size": len(data.y_test)}.items()
+            }
+        )
+        tracking.log_test_input(data, cfg.data.name)
+        tracking.log_evaluation(results, list(cfg.data.class_names), model_id)
+        figure = plots.confusion_heatmap(results.confusion, list(cfg.data.class_names), results.accuracy)
+        tracking.log_figure(figure, "plots/confusion_matrix.png")
+        plots.close(figure)
+    return active.info.run_id, results
+
+
+def predict(model_uri: str, images_path: str, cfg: MnistexpConfig) -> str:
+    """Class scores for every image of a file, as CSV: index, predicted class and its name, one
+    score per class. The images go through the checks `data.path` gets; the model is loaded
+    through MLflow's pyfunc, as a scoring server would."""
+    images = data_lib.read_images(images_path, list(cfg.data.image_shape))
+    from mnistexp import imports
+
+    imports.tensorflow(verbose=False)
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as error:
+        raise UserError(f"cannot load the model {model_uri}: {str(error).splitlines()[0]}") from error
+    scores = np.asarray(model.predict(images))
+    names = list(cfg.data.class_names)
+    if scores.shape != (len(images), len(names)):
+        raise UserError(f"{model_uri} gives scores of shape {scores.shape[1:]}, not one per class of data.class_names")
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["index", "predicted", "class_name", *(f"score_{index}" for index in range(len(names)))])
+    for index, row in enumerate(scores):
+        best = int(row.argmax())
+        writer.writerow([index, best, names[best], *(f"{value:.6g}" for value in row)])
+    return table.getvalue()
