@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
+import pytest
+from mlflow import MlflowClient
 
 from mnistexp import plots
 from mnistexp.tracking import flatten, run_page, ui_command
@@ -51,3 +55,30 @@ def test_run_page_opens_the_model_training_view():
         "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"
     )
     assert run_page("http://host:8080/", "2", "r").startswith("http://host:8080/#/experiments/2/runs/r?")
+
+
+@pytest.mark.parametrize("moment", ["start_run", "end_run"])
+def test_a_signal_while_a_run_opens_or_ends_leaves_it_ended(tmp_path, compose_cfg, monkeypatch, moment):
+    """The windows the sweep-level signal test cannot hit on purpose: a signal delivered inside
+    mlflow.start_run (the run exists, its id not yet held) or inside mlflow.end_run."""
+    import mlflow
+
+    from mnistexp import tracking
+    from mnistexp.config import validate
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = validate(compose_cfg(f"tracking.uri={store}"))
+    mlflow.set_tracking_uri(store)
+    real = getattr(mlflow, moment)
+
+    def interrupted(*args, **kwargs):
+        result = real(*args, **kwargs)  # done, then Ctrl-C lands before the caller sees the result
+        signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(mlflow, moment, interrupted)
+    with pytest.raises(KeyboardInterrupt), tracking.mlflow_run(config.tracking, "signalled", {}):
+        pass
+    monkeypatch.setattr(mlflow, moment, real)
+    [run] = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("mnistexp").experiment_id])
+    assert run.info.status == ("KILLED" if moment == "start_run" else "FINISHED")
