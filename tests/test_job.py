@@ -150,7 +150,7 @@ def test_the_logged_model_predicts_raw_images_at_the_logged_accuracy(finished):
     assert accuracy == pytest.approx(finished["run"].data.metrics["test_accuracy"], abs=1e-6)
 
 
-@pytest.mark.parametrize("engine", ["compiled", "keras_fit"])
+@pytest.mark.parametrize("engine", ["compiled", pytest.param("keras_fit", marks=pytest.mark.slow)])
 def test_a_diverging_loss_fails_the_run_with_the_learning_rate_hint(tmp_path, engine):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [
