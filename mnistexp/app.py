@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mnistexp.config import CONFIG_MODULE, TrackingConfig, register, typed, validate
 from mnistexp.errors import SHOW_TRACEBACKS, UserError, report
 from mnistexp.hydra_errors import explain
+from mnistexp.sweep import end_open_sweeps
 from mnistexp.sweep_context import SweepContext
 
 register()
@@ -63,3 +64,5 @@ def run_command() -> int:
             raise
         report(message)
         return 2
+    finally:
+        end_open_sweeps()  # a parent whose summary a signal kept Hydra from writing ends now, KILLED

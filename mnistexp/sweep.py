@@ -57,6 +57,9 @@ def threads_per_job(launcher: DictConfig, jobs: int | None) -> int:
     return max(1, cores // max(1, min(at_once, jobs or at_once)))
 
 
+_open_sweeps: list[MlflowSweep] = []  # callbacks whose parent run is open
+
+
 @dataclass(frozen=True)
 class _Sweep:
     """What the callback holds while a sweep runs."""
@@ -65,6 +68,14 @@ class _Sweep:
     tracking_cfg: TrackingConfig
     selection: Selection
     study: tuple[str, str] | None  # (storage, name) of an Optuna study
+
+
+def end_open_sweeps() -> None:
+    """Summarise and end the parent of any sweep whose `on_multirun_end` did not: a signal that lands
+    after the last job, before that callback enters its held section, leaves it with Hydra (whose
+    callbacks let a KeyboardInterrupt through). The app calls this once Hydra has returned."""
+    for callback in list(_open_sweeps):
+        callback.on_multirun_end(config=None)
 
 
 class MlflowSweep(Callback):
@@ -109,6 +120,7 @@ class MlflowSweep(Callback):
                 raise SystemExit(2) from error
             storage_and_name = (config.hydra.sweeper.storage, config.hydra.sweeper.study_name) if study else None
             self.sweep = _Sweep(parent, tracking_cfg, selection, storage_and_name)
+            _open_sweeps.append(self)
             context = SweepContext(parent, tuple(keys), size, threads_per_job(config.hydra.launcher, size))
             context.hand_off(config, tracking.absolute_uri())
             log.info("sweep over %s: %s jobs, parent run %s", ", ".join(keys) or "nothing", size or "?", parent)
@@ -150,14 +162,15 @@ class MlflowSweep(Callback):
                 "job %d%s: %s", config.hydra.job.num + 1, of, " ".join(config.hydra.overrides.task) or "(no overrides)"
             )
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep, self.sweep = self.sweep, None
-        if sweep is None:
-            return
-        from mnistexp.sweep_summary import finish_parent_run
-
+    def on_multirun_end(self, config: DictConfig | None, **kwargs: Any) -> None:
         in_flight = sys.exc_info()[1]  # Hydra calls this from a `finally`: an interrupt may be on its way up
         with interrupts.held():  # a signal now still ends the parent KILLED, with its summary
+            sweep, self.sweep = self.sweep, None
+            if sweep is None:
+                return
+            _open_sweeps.remove(self)
+            from mnistexp.sweep_summary import finish_parent_run
+
             if sweep.study is not None:
                 log.info(self._log_study(sweep, sweep.study))
             outcome = finish_parent_run(

@@ -82,3 +82,32 @@ def test_a_signal_while_a_run_opens_or_ends_leaves_it_ended(tmp_path, compose_cf
     monkeypatch.setattr(mlflow, moment, real)
     [run] = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("mnistexp").experiment_id])
     assert run.info.status == ("KILLED" if moment == "start_run" else "FINISHED")
+
+
+def test_a_sweep_whose_end_callback_a_signal_cut_short_is_ended_when_hydra_returns(tmp_path, compose_cfg):
+    """Hydra lets a KeyboardInterrupt out of its callbacks: one that lands after the last job, before
+    `on_multirun_end` holds signals, skips the summary, and `end_open_sweeps` (the app calls it once
+    Hydra has returned) ends the parent KILLED with it."""
+    from mnistexp import interrupts, sweep, tracking
+    from mnistexp.config import validate
+    from mnistexp.selection import Selection
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = validate(compose_cfg(f"tracking.uri={store}"))
+    callback = sweep.MlflowSweep()
+    callback.sweep = sweep._Sweep(
+        tracking.start_parent_run(config.tracking, "sweep", {"mnistexp.sweep": "parent"}),
+        config.tracking,
+        Selection("test_accuracy", "max"),
+        None,
+    )
+    sweep._open_sweeps.append(callback)  # as on_multirun_start leaves it
+    with pytest.raises(KeyboardInterrupt), interrupts.held():
+        signal.raise_signal(signal.SIGINT)  # received; raised when the held section ends
+    assert MlflowClient(store).get_run(callback.sweep.parent_run_id).info.status == "RUNNING"
+
+    parent = callback.sweep.parent_run_id
+    sweep.end_open_sweeps()
+    assert MlflowClient(store).get_run(parent).info.status == "KILLED"
+    assert sweep._open_sweeps == [] and callback.sweep is None
+    sweep.end_open_sweeps()  # nothing left open: a no-op
