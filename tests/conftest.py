@@ -95,25 +95,30 @@ def mlflow_server(backend_store_uri: str, workdir: Path, artifacts: Path | None 
     ]
     if artifacts is not None:
         command += ["--artifacts-destination", str(artifacts), "--serve-artifacts"]
-    log = workdir / f"mlflow-server-{port}.log"
-    server = subprocess.Popen(
-        command, cwd=workdir, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
+    with serving(command, port, "/health", workdir / f"mlflow-server-{port}.log", cwd=workdir) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(command: list[str], port: int, ready_path: str, log: Path, seconds: float = 180, **popen):
+    """Run a server command in its own process group until the block ends; yields its URL once
+    GET `ready_path` answers 200 (the process dying or `seconds` passing fails the test)."""
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, **popen)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + seconds
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                with urllib.request.urlopen(f"{url}{ready_path}", timeout=2) as response:
                     if response.status == 200:
                         break
             except OSError:
                 pass
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer within 120 s"
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{command[0]} did not answer within {seconds} s"
             time.sleep(0.5)
         yield url
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=30)
+        if process.poll() is None:
+            os.killpg(process.pid, 15)
+            process.wait(timeout=60)

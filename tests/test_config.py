@@ -61,33 +61,6 @@ def test_fashion_mnist_ignores_the_mnist_path(compose_cfg, monkeypatch):
     assert cfg.data.path is None and cfg.data.class_names[9] == "Ankle boot"
 
 
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ("model.hidden_units=-1", "model.hidden_units"),
-        ("model.hidden_units=[64,0]", "model.hidden_units"),
-        ("model.hidden_units=1000000", "model.hidden_units"),
-        ("model.hidden_activation=nosuch", "model.hidden_activation"),
-        ("trainer.epochs=0", "trainer.epochs"),
-        ("trainer.batch_size=0", "trainer.batch_size"),
-        ("trainer.limit_train_samples=0", "trainer.limit_train_samples"),
-        ("optimizer.name=nosuch", "optimizer.name"),
-        ("optimizer.learning_rate=-0.1", "optimizer.learning_rate"),
-        ("optimizer.learning_rate=nan", "optimizer.learning_rate"),
-        ("seed=-1", "seed"),
-        ("tracking.experiment=' '", "tracking.experiment"),
-        ("+nosuchkey=1", "nosuchkey"),
-        ("+model.nosuch=1", "model.nosuch"),
-    ],
-)
-def test_bad_values_name_their_key(compose_cfg, override, key):
-    with pytest.raises(ConfigError) as raised:
-        validate(compose_cfg(override))
-    assert raised.value.key == key
-    assert str(raised.value).startswith(f"{key} ")
-    assert "(got " in str(raised.value)
-
-
 @pytest.mark.parametrize("override", ["trainer.epochs=abc", "nosuchkey=1", "nosuchgroup.key=1", "data=nosuch"])
 def test_hydra_rejects_wrong_types_and_unknown_keys(compose_cfg, override):
     with pytest.raises(ConfigCompositionException):
@@ -261,12 +234,27 @@ def test_the_working_directorys_experiment_wins_over_the_packaged_one(tmp_path, 
         ("data.image_shape=[28,0]", "data.image_shape"),
         ("data.class_names=[digits]", "data.class_names"),
         ("data.class_names=[a,a,b,c,d,e,f,g,h,i]", "data.class_names"),
+        ("model.hidden_units=-1", "model.hidden_units"),
+        ("model.hidden_units=[64,0]", "model.hidden_units"),
+        ("model.hidden_units=1000000", "model.hidden_units"),
+        ("model.hidden_activation=nosuch", "model.hidden_activation"),
+        ("trainer.epochs=0", "trainer.epochs"),
+        ("trainer.batch_size=0", "trainer.batch_size"),
+        ("trainer.limit_train_samples=0", "trainer.limit_train_samples"),
+        ("optimizer.name=nosuch", "optimizer.name"),
+        ("optimizer.learning_rate=-0.1", "optimizer.learning_rate"),
+        ("optimizer.learning_rate=nan", "optimizer.learning_rate"),
+        ("seed=-1", "seed"),
+        ("tracking.experiment=' '", "tracking.experiment"),
+        ("+nosuchkey=1", "nosuchkey"),
+        ("+model.nosuch=1", "model.nosuch"),
     ],
 )
 def test_a_bad_value_is_refused_naming_its_key(compose_cfg, override, key):
     with pytest.raises(ConfigError) as refused:
         validate(compose_cfg(override))
     assert refused.value.key == key and str(refused.value).startswith(f"{key} ")
+    assert "(got " in str(refused.value)
 
 
 SKIPPING_TESTS = """

@@ -5,9 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from .conftest import free_port
+from .conftest import free_port, serving
 from .helpers import BIN, MNISTEXP, MNISTEXP_RUNS, clean_env, only_children
 
 pytestmark = pytest.mark.slow
@@ -196,43 +194,22 @@ def test_predict_checks_its_input_as_data_path_is(sweep, registered, tmp_path, c
 def server(sweep, registered, tmp_path_factory):
     """`mlflow models serve` of the champion on 127.0.0.1, as the README shows it."""
     port = free_port()
+    command = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        "models:/digits@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     log = tmp_path_factory.mktemp("serving") / "server.log"
-    process = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            "models:/digits@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env={**sweep["env"], "MLFLOW_TRACKING_URI": sweep["uri"]},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the scoring server did not answer within 180 s"
-            time.sleep(1)
+    with serving(command, port, "/ping", log, env={**sweep["env"], "MLFLOW_TRACKING_URI": sweep["uri"]}) as url:
         yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, 15)
-            process.wait(timeout=60)
 
 
 def score(url: str, payload) -> requests.Response:
