@@ -154,6 +154,22 @@ def slurm():
         shutil.rmtree(state, ignore_errors=True)
 
 
+def settled_slurm_states(env: dict[str, str], timeout: float = 120) -> list[str]:
+    """Every job's state in Slurm's accounting once none is pending or running.
+
+    slurmctld hands job ends to slurmdbd asynchronously, so sacct may still say RUNNING for a job
+    whose result submitit has already read.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        states = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "State"], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        if not {"PENDING", "RUNNING", "COMPLETING"} & set(states) or time.monotonic() > deadline:
+            return states
+        time.sleep(1)
+
+
 SLURM_FITS_TWO_CORES = ["hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
 
 
@@ -166,10 +182,7 @@ def test_the_slurm_experiment_runs_on_slurm(slurm, tmp_path, mnist_path):
     assert sorted(child.data.params["model.hidden_units"] for child in children) == ["0", "16"]
     assert {child.data.tags["runtime.intra_op_threads"] for child in children} == {"1"}  # auto: cpus_per_task
     assert all(child.info.status == "FINISHED" for child in children)
-    accounted = subprocess.run(
-        ["sacct", "-X", "-n", "-o", "JobName,State"], env=env, capture_output=True, text=True, check=True
-    ).stdout
-    assert accounted.count("COMPLETED") >= 2  # the jobs really went through Slurm
+    assert settled_slurm_states(env).count("COMPLETED") >= 2  # the jobs really went through Slurm
 
 
 def test_a_failed_and_a_cancelled_slurm_job_are_never_left_running(slurm, tmp_path, mnist_path):
