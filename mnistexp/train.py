@@ -270,7 +270,7 @@ def _compiled_train_steps(model: keras.Model, images: tf.Tensor, labels: tf.Tens
     optimizer, variables = model.optimizer, model.trainable_variables
     optimizer.build(variables)
 
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    @tf.function(jit_compile=jit_compile, reduce_retracing=True, autograph=False)
     def train_steps(index_block: tf.Tensor, start: tf.Tensor, stop: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         def step(i, loss_sum, correct):
             indices = index_block[i]
