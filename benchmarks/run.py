@@ -192,10 +192,9 @@ def _mnistexp_fit(hidden: int, settings: dict) -> dict:
     fit, evaluate; then the same with a 10,000-image validation split to price the validation pass."""
     from mnistexp import evaluate, train
     from mnistexp import model as model_lib
-    from mnistexp.config import compose, validate
+    from mnistexp.config import compose, parameter_count, validate
     from mnistexp.data import load
     from mnistexp.imports import tensorflow as import_tensorflow
-    from mnistexp.sweep_context import available_cores
 
     import_tensorflow(verbose=False)
     overrides = [f"model.hidden_units={hidden}", f"trainer.epochs={settings['epochs']}", "trainer.verbose=0"]
@@ -204,7 +203,8 @@ def _mnistexp_fit(hidden: int, settings: dict) -> dict:
         cfg = validate(compose([*overrides, f"data.validation_size={validation}"]))
         data = load(cfg.data).limit(settings["limit_train"], settings["limit_test"])
         data = data.split_validation(validation, cfg.seed)
-        train.configure_runtime(cfg.seed, cfg.trainer, available_cores())
+        threads = train.threads_for(cfg.trainer, parameter_count(cfg.model, cfg.data), None)
+        train.configure_runtime(cfg.seed, cfg.trainer, threads)
         model = model_lib.build(cfg.model, cfg.preprocess, cfg.data)
         train.compile_model(model, cfg.optimizer, cfg.trainer)
         fitted = train.fit(model, data, cfg.trainer, [], cfg.seed)
@@ -524,8 +524,9 @@ def _report(training: list[dict], gemm: dict, whole: dict | None, settings: dict
         "",
         f"Training only, {scope}; Adam 1e-3, every trainer making one update per batch of "
         f"{settings['batch_size']} and reshuffling every epoch. Compilation (XLA, jit, torch.compile) counts as "
-        "training time. mnistexp runs with `trainer.threads: auto` (every core); the notebook, PyTorch and "
-        "JAX use every core too. Each measurement is a fresh process; the trainers take turns.",
+        "training time. mnistexp runs with `trainer.threads: auto` (the cores a step keeps busy: one for A, "
+        "two for B); the notebook, PyTorch and JAX use every core (JAX on one core was slower on A: its "
+        "compiler uses both). Each measurement is a fresh process; the trainers take turns.",
         "",
         _training_table(training, settings),
         "",

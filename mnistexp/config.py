@@ -184,6 +184,13 @@ def show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def parameter_count(model: ModelConfig, data: DataConfig) -> int:
+    """The trainable parameters of the model `model.build` makes from these configs: every Dense
+    layer's kernel and bias. Known before TensorFlow loads."""
+    widths = [math.prod(data.image_shape), *hidden_layer_sizes(model.hidden_units), len(data.class_names)]
+    return sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
+
+
 def hidden_layer_sizes(hidden_units: Any) -> list[int]:
     """0 -> [], N -> [N], [a, b] -> [a, b]; raises ConfigError for anything else."""
     key = "model.hidden_units"
@@ -253,8 +260,7 @@ def validate(cfg: DictConfig) -> MnistexpConfig:
         data.class_names,
     )
 
-    widths = [math.prod(data.image_shape), *hidden_layer_sizes(model.hidden_units), len(data.class_names)]
-    parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(widths))
+    parameters = parameter_count(model, data)
     _require(
         parameters <= MAX_PARAMETERS,
         "model.hidden_units",

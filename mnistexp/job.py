@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from mnistexp import console, imports
 from mnistexp import data as data_lib
-from mnistexp.config import MnistexpConfig, config_digest, selection_of
+from mnistexp.config import MnistexpConfig, config_digest, parameter_count, selection_of
 from mnistexp.selection import Selection
-from mnistexp.sweep_context import REUSED_TAG_PREFIX, SweepContext, available_cores
+from mnistexp.sweep_context import REUSED_TAG_PREFIX, SweepContext
 
 log = logging.getLogger("mnistexp")
 
@@ -57,7 +57,8 @@ def run(
     from mnistexp import evaluate, plots, train
     from mnistexp import model as model_lib
 
-    runtime = train.configure_runtime(cfg.seed, cfg.trainer, _threads(cfg.trainer.threads, sweep))
+    threads = train.threads_for(cfg.trainer, parameter_count(cfg.model, cfg.data), sweep.threads if sweep else None)
+    runtime = train.configure_runtime(cfg.seed, cfg.trainer, threads)
     model = model_lib.build(cfg.model, cfg.preprocess, cfg.data)
     train.compile_model(model, cfg.optimizer, cfg.trainer)
 
@@ -106,13 +107,6 @@ def run(
         tracking.run_page(uri, active.info.experiment_id, active.info.run_id),
     )
     return JobResult(active.info.run_id, metrics, selection.objective(metrics), uri)
-
-
-def _threads(configured: int | str, sweep: SweepContext | None) -> int:
-    """trainer.threads: a number as it is; auto: every core, or in a sweep what the sweep gives a job."""
-    if isinstance(configured, int):
-        return configured
-    return sweep.threads if sweep and sweep.threads else available_cores()
 
 
 def _finished_run(

@@ -18,6 +18,7 @@ from mnistexp.config import OPTIMIZERS, EarlyStoppingConfig, OptimizerConfig, Tr
 from mnistexp.data import Dataset
 from mnistexp.errors import TrainingDivergedError
 from mnistexp.evaluate import compiled_pass
+from mnistexp.sweep_context import available_cores
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,24 @@ def configure_runtime(seed: int, trainer_cfg: TrainerConfig, threads: int) -> di
         "runtime.machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
         "runtime.devices": ",".join(device.device_type for device in tf.config.list_physical_devices()),
     }
+
+
+# Below this much arithmetic per thread, a training step spends more on handing work between
+# threads than it saves (measured on 2 cores, 10 epochs: 784-10 and 784-32-10 train faster on one
+# thread, 784-100-10 on two; the benchmark's GEMM table shows the same at batch-32 shapes).
+STEP_FLOPS_PER_THREAD = 6_000_000
+
+
+def threads_for(trainer_cfg: TrainerConfig, parameters: int, sweep_share: int | None) -> int:
+    """trainer.threads as a count: a number as it is; auto is the sweep's share of the cores for
+    each of its jobs, and for a single run the cores one training step can keep busy: a thread per
+    STEP_FLOPS_PER_THREAD of its arithmetic (6 x batch x parameters), at least one."""
+    if isinstance(trainer_cfg.threads, int):
+        return trainer_cfg.threads
+    if sweep_share:
+        return sweep_share
+    step_flops = 6 * trainer_cfg.batch_size * parameters
+    return max(1, min(available_cores(), step_flops // STEP_FLOPS_PER_THREAD))
 
 
 def _set_threads(threads: int) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from mnistexp import model as model_lib
 from mnistexp import train
-from mnistexp.config import validate
+from mnistexp.config import parameter_count, validate
 from mnistexp.data import Dataset
 from mnistexp.errors import TrainingDivergedError
 from mnistexp.evaluate import evaluate, per_class_precision_recall
@@ -28,8 +28,8 @@ def build(compose_cfg, *overrides):
     ],
 )
 def test_parameter_counts_and_layers(compose_cfg, hidden_units, params, dense_layers):
-    _, model = build(compose_cfg, f"model.hidden_units={hidden_units}")
-    assert model.count_params() == params
+    cfg, model = build(compose_cfg, f"model.hidden_units={hidden_units}")
+    assert model.count_params() == params == parameter_count(cfg.model, cfg.data)
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert [layer.units for layer in dense] == dense_layers
     assert dense[-1].activation.__name__ == "sigmoid"
@@ -213,3 +213,19 @@ def test_early_stopping_stops_and_keeps_the_best_weights(compose_cfg, engine):
     for kept, after_first in zip(model.get_weights(), weights_after[0], strict=True):
         np.testing.assert_array_equal(kept, after_first)  # restored to the end of epoch 0
     assert fitted.kept_metrics()["val_loss"] == val_losses[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "share", "wanted"),
+    [
+        (["model.hidden_units=0"], None, 1),  # 1.5 MFLOP a step: a second thread only adds hand-offs
+        (["model.hidden_units=100"], None, 2),  # 15 MFLOP a step: two threads' worth
+        (["model.hidden_units=100", "trainer.batch_size=4096"], None, 64),  # as many as there are cores
+        (["model.hidden_units=0", "trainer.threads=3"], None, 3),  # a number is taken as it is
+        (["model.hidden_units=100"], 1, 1),  # in a sweep, the sweep's share for each job
+    ],
+)
+def test_auto_threads_follow_the_arithmetic_of_a_step(compose_cfg, monkeypatch, overrides, share, wanted):
+    monkeypatch.setattr(train, "available_cores", lambda: 64)
+    cfg = validate(compose_cfg(*overrides))
+    assert train.threads_for(cfg.trainer, parameter_count(cfg.model, cfg.data), share) == wanted
