@@ -61,8 +61,8 @@ def configure_runtime(seed: int, trainer_cfg: TrainerConfig, threads: int) -> di
 
 
 # Below this much arithmetic per thread, a training step spends more on handing work between
-# threads than it saves (measured on 2 cores, 10 epochs: 784-10 and 784-32-10 train faster on one
-# thread, 784-100-10 on two; the benchmark's GEMM table shows the same at batch-32 shapes).
+# threads than it saves: the benchmark's GEMM table has batch-32 GEMMs of 784-10 slower on two
+# cores than on one, and those of 784-100-10 faster.
 STEP_FLOPS_PER_THREAD = 6_000_000
 
 
