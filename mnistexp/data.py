@@ -65,6 +65,11 @@ class Dataset:
             y_test=self.y_test[:test],
         )
 
+    def without_training(self) -> Dataset:
+        """The test split alone: empty training and validation splits."""
+        empty_x, empty_y = self.x_train[:0], self.y_train[:0]
+        return replace(self, x_train=empty_x, y_train=empty_y, x_val=None, y_val=None)
+
     def split_validation(self, size: int | float, seed: int) -> Dataset:
         """Move `size` training examples (a count, or a fraction in (0, 1)) to the validation split.
 
@@ -149,6 +154,20 @@ def load(data_cfg: DataConfig) -> Dataset:
     return _load(data_cfg.name, path, tuple(data_cfg.image_shape), len(data_cfg.class_names), stamp)
 
 
+def load_test_split(data_cfg: DataConfig) -> Dataset:
+    """Only the test split (x_test, y_test) of `data.path`, checked as `load` checks it: what
+    evaluating a trained model needs. A file or folder may hold only those; a training split
+    there is not read. Without `data.path`, the test split of the download."""
+    if data_cfg.path is None:
+        return load(data_cfg).without_training()
+    file = Path(data_cfg.path).expanduser()
+    if not file.exists():
+        raise DataError(f"data file not found: {file}")
+    test_keys = ("x_test", "y_test")
+    arrays = _read_idx_folder(file, test_keys) if file.is_dir() else _read_npz(file, required=test_keys)
+    return _checked(arrays, str(file), tuple(data_cfg.image_shape), len(data_cfg.class_names), ("test",))
+
+
 @lru_cache(maxsize=2)
 def _load(name: str, path: str | None, image_shape: tuple[int, ...], num_classes: int, stamp: object) -> Dataset:
     if path is None:
@@ -194,12 +213,14 @@ def read_images(path: str, image_shape: Sequence[int]) -> np.ndarray:
     return _checked_images(images, str(file), tuple(image_shape))
 
 
-def _read_npz(file: Path, wanted: Callable[[list[str]], list[str]] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of an .npz: the four splits, or those `wanted` picks from the names found."""
+def _read_npz(
+    file: Path, wanted: Callable[[list[str]], list[str]] | None = None, required: Sequence[str] = SPLITS
+) -> dict[str, np.ndarray]:
+    """The arrays of an .npz: the `required` ones (the four splits), or those `wanted` picks from the names found."""
     try:
         with np.load(file, allow_pickle=False) as npz:
-            keys = wanted(list(npz.files)) if wanted else list(SPLITS)
-            missing = [key for key in SPLITS if key not in npz.files] if wanted is None else []
+            keys = wanted(list(npz.files)) if wanted else list(required)
+            missing = [key for key in required if key not in npz.files] if wanted is None else []
             if missing or not keys:
                 needed = ", ".join(missing) if missing else f"one array, or one named {', '.join(IMAGE_KEYS)}"
                 raise DataError(f"{file}: missing arrays {needed} (found: {', '.join(npz.files) or 'none'})")
@@ -223,9 +244,10 @@ def _array(npz: Any, key: str, file: Path) -> np.ndarray:
         ) from error
 
 
-def _read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
+def _read_idx_folder(folder: Path, keys: Sequence[str] = SPLITS) -> dict[str, np.ndarray]:
     arrays = {}
-    for key, stem in IDX_FILES.items():
+    for key in keys:
+        stem = IDX_FILES[key]
         candidates = [folder / stem, folder / f"{stem}.gz"]
         file = next((c for c in candidates if c.exists()), None)
         if file is None:
@@ -257,9 +279,19 @@ def _read_idx(file: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _checked(arrays: dict[str, np.ndarray], source: str, image_shape: tuple[int, ...], num_classes: int) -> Dataset:
-    checked = {}
-    for split in ("train", "test"):
+def _checked(
+    arrays: dict[str, np.ndarray],
+    source: str,
+    image_shape: tuple[int, ...],
+    num_classes: int,
+    splits: Sequence[str] = ("train", "test"),
+) -> Dataset:
+    """The splits checked; a split not among `splits` is left empty."""
+    checked: dict[str, np.ndarray] = {
+        "x_train": np.zeros((0, *image_shape), np.uint8),
+        "y_train": np.zeros(0, np.int64),
+    }
+    for split in splits:
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         checked[f"x_{split}"] = _checked_images(x, f"{source}: x_{split}", image_shape)
         checked[f"y_{split}"] = _checked_labels(y, f"{source}: y_{split}", num_classes)

@@ -45,7 +45,7 @@ def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
     from mnistexp import evaluate as evaluation
     from mnistexp import plots, tracking
 
-    data = data_lib.load(cfg.data).limit(cfg.trainer.limit_train_samples, cfg.trainer.limit_test_samples)
+    data = data_lib.load_test_split(cfg.data).limit(None, cfg.trainer.limit_test_samples)
     tracking.check_store(cfg.tracking)
     model = load_keras_model(model_uri)
     _check_fits(model, list(cfg.data.image_shape), len(cfg.data.class_names), model_uri)

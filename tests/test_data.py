@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mnistexp.config import DataConfig
-from mnistexp.data import IDX_FILES, load
+from mnistexp.data import IDX_FILES, load, load_test_split
 from mnistexp.errors import DataError
 
 SHAPE = (28, 28)
@@ -69,6 +69,45 @@ def test_idx_folder_round_trip(tmp_path, suffix):
     data = load_path(tmp_path)
     for key, array in arrays.items():
         np.testing.assert_array_equal(getattr(data, key), array)
+
+
+@pytest.mark.parametrize("source", ["npz", "idx"])
+def test_the_test_split_alone_is_enough_to_evaluate_on(tmp_path, source):
+    arrays = make_arrays()
+    test_only = {key: arrays[key] for key in ("x_test", "y_test")}
+    if source == "npz":
+        path = write_npz(tmp_path / "test_only.npz", **test_only)
+    else:
+        path = tmp_path
+        for key, array in test_only.items():
+            write_idx(tmp_path / IDX_FILES[key], array)
+    data = load_test_split(data_config(path))
+    np.testing.assert_array_equal(data.x_test, arrays["x_test"])
+    np.testing.assert_array_equal(data.y_test, arrays["y_test"])
+    assert data.x_train.shape == (0, *SHAPE) and len(data.y_train) == 0 and not data.has_validation
+    with pytest.raises(DataError, match=r"x_train|train-images"):
+        load(data_config(path))  # training needs the training split
+
+
+def test_a_training_split_beside_the_test_split_is_not_read(tmp_path):
+    arrays = make_arrays()
+    arrays["y_train"] = np.full(12, 99, np.uint8)  # labels out of range: loading it would be refused
+    path = write_npz(tmp_path / "d.npz", **arrays)
+    data = load_test_split(data_config(path))
+    np.testing.assert_array_equal(data.y_test, arrays["y_test"])
+    with pytest.raises(DataError, match="y_train"):
+        load(data_config(path))
+
+
+def test_the_test_split_gets_the_checks_data_path_gets(tmp_path):
+    arrays = make_arrays()
+    with pytest.raises(DataError, match=r"missing arrays y_test"):
+        load_test_split(data_config(write_npz(tmp_path / "a.npz", x_test=arrays["x_test"])))
+    bad = write_npz(tmp_path / "b.npz", x_test=arrays["x_test"], y_test=np.full(6, 10, np.uint8))
+    with pytest.raises(DataError, match=r"b\.npz: y_test: labels must be 0-9"):
+        load_test_split(data_config(bad))
+    with pytest.raises(DataError, match=r"data file not found: .*nope\.npz"):
+        load_test_split(data_config(tmp_path / "nope.npz"))
 
 
 def test_summary_reports_shapes_first_labels_and_a_stable_digest(tmp_path):
