@@ -218,7 +218,8 @@ def _read_npz(
 ) -> dict[str, np.ndarray]:
     """The arrays of an .npz: the `required` ones (the four splits), or those `wanted` picks from the names found."""
     try:
-        with np.load(file, allow_pickle=False) as npz:
+        # Our own handle: np.load leaves the file it opened open when the archive is cut short.
+        with open(file, "rb") as stream, np.load(stream, allow_pickle=False) as npz:
             keys = wanted(list(npz.files)) if wanted else list(required)
             missing = [key for key in required if key not in npz.files] if wanted is None else []
             if missing or not keys:
