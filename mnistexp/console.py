@@ -19,6 +19,7 @@ def quiet_libraries(verbose: bool) -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logging, once it is set up
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model file loaded
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # for an mlflow imported already
 
 

@@ -40,15 +40,18 @@ def _check_fits(model: Any, image_shape: list[int], classes: int, model_uri: str
 def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
     """The model on the test split of the configured data, as a new run in the evaluation experiment,
     its metrics linked to the model: returns the run id and the Evaluation."""
+    # The data first: a missing or bad file is one line before TensorFlow or MLflow loads.
+    data = data_lib.load_test_split(cfg.data).limit(None, cfg.trainer.limit_test_samples)
+    from mnistexp import tracking
+
+    tracking.check_store(cfg.tracking)
+    model = load_keras_model(model_uri)  # TensorFlow loads here, its start-up lines silenced
+    _check_fits(model, list(cfg.data.image_shape), len(cfg.data.class_names), model_uri)
     import mlflow
 
     from mnistexp import evaluate as evaluation
-    from mnistexp import plots, tracking
+    from mnistexp import plots
 
-    data = data_lib.load_test_split(cfg.data).limit(None, cfg.trainer.limit_test_samples)
-    tracking.check_store(cfg.tracking)
-    model = load_keras_model(model_uri)
-    _check_fits(model, list(cfg.data.image_shape), len(cfg.data.class_names), model_uri)
     results = evaluation.evaluate(model, data, cfg.trainer, cfg.data)
     model_id = mlflow.models.get_model_info(model_uri).model_id
     evaluation_tracking = replace(cfg.tracking, experiment=cfg.tracking.evaluation_experiment)
@@ -81,7 +84,10 @@ def predict(model_uri: str, images_path: str, cfg: MnistexpConfig) -> str:
     from mnistexp import imports
 
     imports.tensorflow(verbose=False)
+    import keras
     import mlflow.pyfunc
+
+    keras.utils.disable_interactive_logging()  # Keras's predict bar would go to stdout, into the CSV
     from mlflow.exceptions import MlflowException
 
     try:

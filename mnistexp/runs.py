@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mnistexp.config import MnistexpConfig, TrackingConfig, as_dict, compose, typed, validate
+from mnistexp.console import quiet_libraries
 from mnistexp.errors import UserError
 from mnistexp.selection import MODES, RUN_METRICS, Selection, direction
 
@@ -21,6 +22,7 @@ COMPARED_METRICS = ("test_accuracy", "test_loss")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_libraries(verbose=False)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
         return args.handler(args)

@@ -187,3 +187,20 @@ def test_the_runs_command_names_a_missing_run(tmp_path):
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"no run {'0' * 32} in {store}" in done.stderr
+
+
+def test_evaluate_says_a_bad_data_file_in_one_line_before_loading_anything(tmp_path):
+    runs = str(Path(MNISTEXP).parent / "mnistexp-runs")
+    images_only = tmp_path / "images_only.npz"
+    np.savez(images_only, x_test=np.zeros((3, 28, 28), np.uint8))
+    store = tmp_path / "mlflow.db"
+    model = f"runs:/{'0' * 32}/model"
+    done = subprocess.run(
+        [runs, "--tracking-uri", f"sqlite:///{store}", "evaluate", model, f"data.path={images_only}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    # Only the line: no TensorFlow start-up notice before it, no model looked for.
+    assert done.stderr.splitlines() == [f"mnistexp-runs: error: {images_only}: missing arrays y_test (found: x_test)"]

@@ -164,6 +164,8 @@ def test_predict_writes_one_row_per_image_at_the_logged_accuracy(sweep, register
     assert (scores.argmax(axis=1) == predicted).all()
     best = registered.get_run(sweep["parent"].data.tags["mnistexp.best_run_id"])
     assert (predicted == labels).mean() == pytest.approx(best.data.metrics["test_accuracy"], abs=1e-9)
+    piped = runs_command(sweep, "predict", "models:/digits@champion", str(tmp_path / "images.npz"))
+    assert piped.returncode == 0 and piped.stdout == out.read_text()  # the CSV alone on stdout, nothing else
 
 
 @pytest.mark.parametrize(
