@@ -147,9 +147,7 @@ def load(data_cfg: DataConfig) -> Dataset:
     """
     path, stamp = data_cfg.path, None
     if path is not None:
-        file = Path(path).expanduser()
-        if not file.exists():
-            raise DataError(f"data file not found: {file}")
+        file = _existing(path)
         stamp = (file.stat().st_size, file.stat().st_mtime_ns)
     return _load(data_cfg.name, path, tuple(data_cfg.image_shape), len(data_cfg.class_names), stamp)
 
@@ -160,12 +158,17 @@ def load_test_split(data_cfg: DataConfig) -> Dataset:
     there is not read. Without `data.path`, the test split of the download."""
     if data_cfg.path is None:
         return load(data_cfg).without_training()
-    file = Path(data_cfg.path).expanduser()
-    if not file.exists():
-        raise DataError(f"data file not found: {file}")
+    file = _existing(data_cfg.path)
     test_keys = ("x_test", "y_test")
     arrays = _read_idx_folder(file, test_keys) if file.is_dir() else _read_npz(file, required=test_keys)
     return _checked(arrays, str(file), tuple(data_cfg.image_shape), len(data_cfg.class_names), ("test",))
+
+
+def _existing(path: str) -> Path:
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise DataError(f"data file not found: {file}")
+    return file
 
 
 @lru_cache(maxsize=2)

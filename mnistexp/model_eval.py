@@ -40,7 +40,7 @@ def _check_fits(model: Any, image_shape: list[int], classes: int, model_uri: str
 def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
     """The model on the test split of the configured data, as a new run in the evaluation experiment,
     its metrics linked to the model: returns the run id and the Evaluation."""
-    # The data first: a missing or bad file is one line before TensorFlow or MLflow loads.
+    # The data first: a missing or bad file is one line before TensorFlow loads.
     data = data_lib.load_test_split(cfg.data).limit(None, cfg.trainer.limit_test_samples)
     from mnistexp import tracking
 
@@ -86,9 +86,9 @@ def predict(model_uri: str, images_path: str, cfg: MnistexpConfig) -> str:
     imports.tensorflow(verbose=False)
     import keras
     import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
 
     keras.utils.disable_interactive_logging()  # Keras's predict bar would go to stdout, into the CSV
-    from mlflow.exceptions import MlflowException
 
     try:
         model = mlflow.pyfunc.load_model(model_uri)
