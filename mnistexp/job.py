@@ -54,7 +54,7 @@ def run(
             return earlier
 
     imports.tensorflow(verbose)
-    from mnistexp import evaluate, plots, train
+    from mnistexp import evaluate, plots, records, train
     from mnistexp import model as model_lib
 
     threads = train.threads_for(cfg.trainer, parameter_count(cfg.model, cfg.data), sweep.threads if sweep else None)
@@ -71,14 +71,14 @@ def run(
         **(extra_tags or {}),
     }
     with tracking.mlflow_run(cfg.tracking, run_name, tags, sweep.parent_run_id if sweep else None) as active:
-        tracking.log_config(cfg, overrides)
-        tracking.log_data(data, cfg.data.name)
-        tracking.log_model_setup(model)
-        fitted = train.fit(model, data, cfg.trainer, [tracking.epoch_metrics_callback()], cfg.seed)
-        tracking.log_fit(fitted)
+        records.log_config(cfg, overrides)
+        records.log_data(data, cfg.data.name)
+        records.log_model_setup(model)
+        fitted = train.fit(model, data, cfg.trainer, [records.epoch_metrics_callback()], cfg.seed)
+        records.log_fit(fitted)
         results = evaluate.evaluate(model, data, cfg.trainer, cfg.data)
-        model_id = tracking.log_model(model, cfg.data.image_shape) if cfg.tracking.log_model else None
-        tracking.log_evaluation(results, class_names, model_id)
+        model_id = records.log_model(model, cfg.data.image_shape) if cfg.tracking.log_model else None
+        records.log_evaluation(results, class_names, model_id)
         for name, figure in (
             ("confusion_matrix", plots.confusion_heatmap(results.confusion, class_names, results.accuracy)),
             (
@@ -89,7 +89,7 @@ def run(
             ),
             ("learning_curves", plots.learning_curves(fitted.history, fitted.best_epoch)),
         ):
-            tracking.log_figure(figure, f"plots/{name}.png")
+            records.log_figure(figure, f"plots/{name}.png")
             plots.close(figure)
 
     metrics = {

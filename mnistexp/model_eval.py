@@ -50,7 +50,7 @@ def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
     import mlflow
 
     from mnistexp import evaluate as evaluation
-    from mnistexp import plots
+    from mnistexp import plots, records
 
     results = evaluation.evaluate(model, data, cfg.trainer, cfg.data)
     model_id = mlflow.models.get_model_info(model_uri).model_id
@@ -68,10 +68,10 @@ def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
                 for key, value in {"name": cfg.data.name, "path": cfg.data.path, "test_size": len(data.y_test)}.items()
             }
         )
-        tracking.log_test_input(data, cfg.data.name)
-        tracking.log_evaluation(results, list(cfg.data.class_names), model_id)
+        records.log_test_input(data, cfg.data.name)
+        records.log_evaluation(results, list(cfg.data.class_names), model_id)
         figure = plots.confusion_heatmap(results.confusion, list(cfg.data.class_names), results.accuracy)
-        tracking.log_figure(figure, "plots/confusion_matrix.png")
+        records.log_figure(figure, "plots/confusion_matrix.png")
         plots.close(figure)
     return active.info.run_id, results
 

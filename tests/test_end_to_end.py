@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from mnistexp.tracking import flatten
+from mnistexp.records import flatten
 
 pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
 

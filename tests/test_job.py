@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mnistexp import job
 from mnistexp.config import validate
 from mnistexp.errors import TrainingDivergedError
-from mnistexp.tracking import flatten
+from mnistexp.records import flatten
 
 ARTIFACTS = {
     "config/resolved.yaml",

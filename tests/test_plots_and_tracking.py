@@ -9,7 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from mnistexp import plots
-from mnistexp.tracking import flatten, run_page, ui_command
+from mnistexp.records import flatten
+from mnistexp.tracking import run_page, ui_command
 
 
 def test_confusion_heatmap_annotates_every_cell_with_its_count():

@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mnistexp.config import ACTIVATIONS, ENGINES, LOSSES, OPTIMIZERS, ConfigError, compose, validate
+from mnistexp.records import flatten
 from mnistexp.selection import EPOCH_METRICS, MODES, RUN_METRICS
-from mnistexp.tracking import flatten
 
 from .helpers import MNISTEXP, clean_env
 
