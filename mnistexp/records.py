@@ -53,7 +53,6 @@ def _param(value: Any) -> Any:
 def log_data(data: Dataset, name: str) -> None:
     """The data summary (shapes, first labels, split sizes, digest) as JSON; every split as a dataset input."""
     import mlflow
-    from mlflow.data.numpy_dataset import from_numpy
 
     summary = data.summary()
     mlflow.log_dict(summary, "data/summary.json")
@@ -62,27 +61,26 @@ def log_data(data: Dataset, name: str) -> None:
     if data.validation is not None:
         splits.insert(1, ("validation", *data.validation))
     for context, x, y in splits:
-        with warnings.catch_warnings():
-            # MLflow finds two equal readings of a local path ("LocalArtifactDatasetSource") and says so.
-            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-            dataset = from_numpy(
-                x, targets=y, source=data.source, name=f"{name}-{context}", digest=summary["sha256"][:8]
-            )
-        mlflow.log_input(dataset, context=context)
+        _log_input(x, y, data, f"{name}-{context}", context)
 
 
 def log_test_input(data: Dataset, name: str) -> None:
     """The test split as an MLflow dataset input with context `evaluation`, and its summary."""
     import mlflow
-    from mlflow.data.numpy_dataset import from_numpy
 
     mlflow.log_dict(data.summary(), "data/summary.json")
+    _log_input(data.x_test, data.y_test, data, f"{name}-evaluation", "evaluation")
+
+
+def _log_input(x: np.ndarray, y: np.ndarray, data: Dataset, dataset_name: str, context: str) -> None:
+    import mlflow
+    from mlflow.data.numpy_dataset import from_numpy
+
     with warnings.catch_warnings():
+        # MLflow finds two equal readings of a local path ("LocalArtifactDatasetSource") and says so.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        dataset = from_numpy(
-            data.x_test, targets=data.y_test, source=data.source, name=f"{name}-evaluation", digest=data.digest[:8]
-        )
-    mlflow.log_input(dataset, context="evaluation")
+        dataset = from_numpy(x, targets=y, source=data.source, name=dataset_name, digest=data.digest[:8])
+    mlflow.log_input(dataset, context=context)
 
 
 def epoch_metrics_callback() -> keras.callbacks.Callback:
