@@ -20,6 +20,21 @@ TINY = (
 )
 
 
+# What every job logs beside its metrics and model (records.py, job.py).
+JOB_ARTIFACTS = frozenset(
+    {
+        "config/resolved.yaml",
+        "config/overrides.yaml",
+        "data/summary.json",
+        "evaluation/confusion_matrix.csv",
+        "plots/confusion_matrix.png",
+        "plots/sample_predictions.png",
+        "plots/learning_curves.png",
+        "model_summary.txt",
+    }
+)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without a tracking URI of its own, plus `extra`."""
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -15,19 +16,11 @@ from mlflow import MlflowClient
 
 from mnistexp.records import flatten
 
+from .helpers import JOB_ARTIFACTS, MNISTEXP, clean_env
+
 pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
 
 SLICE = ["trainer.limit_train_samples=3000", "trainer.limit_test_samples=1000", "trainer.epochs=2"]
-ARTIFACTS = {
-    "config/resolved.yaml",
-    "config/overrides.yaml",
-    "data/summary.json",
-    "evaluation/confusion_matrix.csv",
-    "plots/confusion_matrix.png",
-    "plots/sample_predictions.png",
-    "plots/learning_curves.png",
-    "model_summary.txt",
-}
 
 
 def only_run(uri: str, experiment: str = "mnistexp"):
@@ -53,10 +46,6 @@ def read_artifact(client: MlflowClient, run_id: str, path: str, tmp_path: Path) 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory, mnist_path):
     """One small run into MLflow's default store (./mlflow.db), shared by the assertions below."""
-    import subprocess
-
-    from .helpers import MNISTEXP, clean_env
-
     workdir = tmp_path_factory.mktemp("default_store")
     env = clean_env(MNISTEXP_DATA=str(mnist_path))
     done = subprocess.run([MNISTEXP, *SLICE], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
@@ -121,7 +110,7 @@ def test_metrics_per_epoch_and_on_the_test_set(default_run):
 def test_artifacts_confusion_matrix_and_data_summary(default_run, tmp_path):
     client, run = default_run["client"], default_run["run"]
     run_id = run.info.run_id
-    assert artifact_paths(client, run_id) >= ARTIFACTS
+    assert artifact_paths(client, run_id) >= JOB_ARTIFACTS
     rows = list(csv.reader(io.StringIO(read_artifact(client, run_id, "evaluation/confusion_matrix.csv", tmp_path))))
     assert rows[0][1:] == [str(d) for d in range(10)]
     matrix = np.array([[int(v) for v in row[1:]] for row in rows[1:]])
@@ -196,4 +185,4 @@ def test_the_keras_fit_engine_end_to_end(run_cli, tmp_path):
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert [point.step for point in client.get_metric_history(run.info.run_id, metric)] == [0, 1]
     assert run.data.metrics["test_accuracy"] > 0.7  # it learns: 16 hidden units, 2 epochs on 2,700 images (0.80 seen)
-    assert artifact_paths(client, run.info.run_id) >= ARTIFACTS
+    assert artifact_paths(client, run.info.run_id) >= JOB_ARTIFACTS

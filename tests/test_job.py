@@ -18,16 +18,7 @@ from mnistexp.config import validate
 from mnistexp.errors import TrainingDivergedError
 from mnistexp.records import flatten
 
-ARTIFACTS = {
-    "config/resolved.yaml",
-    "config/overrides.yaml",
-    "data/summary.json",
-    "evaluation/confusion_matrix.csv",
-    "plots/confusion_matrix.png",
-    "plots/sample_predictions.png",
-    "plots/learning_curves.png",
-    "model_summary.txt",
-}
+from .helpers import JOB_ARTIFACTS
 
 
 def learnable_npz(path: Path, seed: int = 0) -> Path:
@@ -88,7 +79,7 @@ def test_the_run_finishes_with_every_artifact(finished):
     listed = set()
     for folder in (None, "config", "data", "evaluation", "plots"):
         listed |= {item.path for item in finished["client"].list_artifacts(run.info.run_id, folder)}
-    assert listed >= ARTIFACTS
+    assert listed >= JOB_ARTIFACTS
 
 
 def test_params_are_the_validated_config_and_the_overrides_are_kept(finished):
