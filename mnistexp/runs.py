@@ -98,13 +98,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _client(args: argparse.Namespace):
     """A client on the chosen store, checked first so that a dead server is one line, not minutes."""
-    import mlflow
-
     from mnistexp import tracking
 
     tracking_cfg = typed(default_config().tracking, TrackingConfig)
     tracking_cfg.uri = args.tracking_uri or tracking_cfg.uri
-    tracking.check_store(tracking_cfg)
+    tracking.check_store(tracking_cfg)  # loads MLflow (imports.mlflow)
+    import mlflow
+
     return mlflow.MlflowClient()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from mnistexp import interrupts
+from mnistexp import imports, interrupts
 from mnistexp.errors import TrackingError
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ def use_store(tracking_cfg: TrackingConfig) -> str:
     # The config wins over the environment, as tracking.uri does over MLFLOW_TRACKING_URI.
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(tracking_cfg.http_timeout)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(tracking_cfg.http_retries)
+    imports.mlflow()
     import mlflow
 
     if tracking_cfg.uri:
@@ -170,9 +171,9 @@ def _end_run_after(error: BaseException, run_id: str) -> None:
 
 def start_parent_run(tracking_cfg: TrackingConfig, name: str, tags: Mapping[str, str]) -> str:
     """A sweep's parent run, left RUNNING for its children; returns its id."""
+    check_store(tracking_cfg)  # first: it loads MLflow (imports.mlflow)
     from mlflow import MlflowClient
 
-    check_store(tracking_cfg)
     experiment = experiment_id(tracking_cfg)
     try:
         run = MlflowClient().create_run(experiment, run_name=name, tags={**tags, **environment_tags()})
@@ -183,10 +184,10 @@ def start_parent_run(tracking_cfg: TrackingConfig, name: str, tags: Mapping[str,
 
 def reopen_parent_run(tracking_cfg: TrackingConfig, run_id: str) -> bool:
     """Set an earlier parent run RUNNING again for more children; False if this store has no such parent."""
+    use_store(tracking_cfg)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    use_store(tracking_cfg)
     client = MlflowClient()
     try:
         run = client.get_run(run_id)
