@@ -8,14 +8,15 @@ import signal
 import sys
 from typing import NoReturn
 
-from mnistexp import interrupts
+from mnistexp import imports, interrupts
 from mnistexp.errors import report
 
 
 def main() -> None:
     interrupts.install()  # before Hydra, TensorFlow and MLflow load: a signal then is answered like any other
     try:
-        from mnistexp.app import run_command
+        with imports.loaded_for_good("mnistexp.app"):  # Hydra and OmegaConf
+            from mnistexp.app import run_command
 
         status = run_command()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`Terminated`), or one a library raised for its own reasons
