@@ -38,7 +38,6 @@ def test_a_new_module_loads_with_the_collector_paused_and_stays_out_of_its_passe
     assert gc.isenabled()
     assert gc.get_freeze_count() > frozen_before
     assert not tracked(module.TABLE)  # frozen: no later collection walks it
-    assert gc.collect() >= 0  # and the collector runs again
 
 
 def test_a_loaded_module_is_left_alone(new_module):
