@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -16,6 +18,9 @@ from mnistexp import imports
 
 imports.seaborn()  # without SciPy, which seaborn only needs for plots mnistexp does not draw
 import seaborn as sns  # noqa: E402
+
+if TYPE_CHECKING:
+    from mnistexp.replicates import Group
 
 
 def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], accuracy: float) -> Figure:
@@ -95,26 +100,48 @@ def close(figure: Figure) -> None:
     plt.close(figure)
 
 
-def metric_by_param(values: Sequence[str], metric: Sequence[float], key: str, metric_name: str) -> Figure:
-    """A metric against one swept key: a line over numeric values, bars over anything else."""
-    figure, axes = plt.subplots(figsize=(6, 4))
-    numbers = [_as_number(value) for value in values]
-    numeric = [number for number in numbers if number is not None]
-    if len(numeric) == len(numbers):
-        order = np.argsort(numeric)
-        xs, ys = np.asarray(numeric)[order], np.asarray(metric)[order]
-        axes.plot(xs, ys, marker="o")
-        for x, y in zip(xs, ys, strict=True):
-            axes.annotate(f"{y:.4f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    else:
-        sns.barplot(x=list(values), y=list(metric), ax=axes, color="tab:blue")
-        axes.set_ylim(max(0.0, min(metric) - 0.05) if len(metric) else 0, 1.0)
+def metric_by_key(configurations: Sequence[Group], key: str, others: Sequence[str]) -> Figure:
+    """A configuration's metric against one swept key: its mean with the 95% interval as an error bar,
+    every finished seed as a dot, one line per combination of the other swept keys. The key's values
+    are evenly spaced categories (numbers in numeric order), so no tick falls between two values."""
+    drawn = [group for group in configurations if group.n]
+    metric = drawn[0].metric if drawn else (configurations[0].metric if configurations else "metric")
+    categories = sorted({group.values.get(key, "-") for group in drawn}, key=_category_order)
+    position = {value: index for index, value in enumerate(categories)}
+    lines: dict[tuple[str, ...], list[Group]] = {}
+    for group in drawn:
+        lines.setdefault(tuple(group.values.get(other, "-") for other in others), []).append(group)
+    replicated = any(group.n > 1 for group in drawn)
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(categories) + 2), 4.5))
+    for index, (line, members) in enumerate(sorted(lines.items())):
+        offset = (index - (len(lines) - 1) / 2) * 0.08  # side by side, so error bars do not hide each other
+        members = sorted(members, key=lambda group: position[group.values.get(key, "-")])
+        xs = [position[group.values.get(key, "-")] + offset for group in members]
+        means = [group.figures[metric].mean for group in members]
+        errors = [0.0 if math.isnan(group.figures[metric].ci95) else group.figures[metric].ci95 for group in members]
+        label = ", ".join(f"{name}={value}" for name, value in zip(others, line, strict=True)) or None
+        drawn_line = axes.errorbar(xs, means, yerr=errors, marker="o", capsize=4, label=label)
+        if replicated:  # each seed a dot beside its configuration's bar
+            for x, group in zip(xs, members, strict=True):
+                seeds = [row.metric(metric) for row in group.finished]
+                color = drawn_line[0].get_color()
+                axes.scatter([x + 0.04] * len(seeds), seeds, s=12, alpha=0.5, color=color, zorder=3)
+    axes.set_xticks(range(len(categories)), categories)
+    axes.set_xlim(-0.5, len(categories) - 0.5)
     axes.set_xlabel(key)
-    axes.set_ylabel(metric_name)
-    axes.set_title(f"{metric_name} by {key}")
+    axes.set_ylabel(metric)
+    note = "\nmean ± 95% interval over seeds, a dot per seed" if replicated else ""
+    axes.set_title(f"{metric} by {key}{note}", fontsize=11)
     axes.grid(alpha=0.3)
+    if others:
+        axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
     return figure
+
+
+def _category_order(value: str) -> tuple[int, float, str]:
+    number = _as_number(value)
+    return (0, number, "") if number is not None else (1, 0.0, value)
 
 
 def _as_number(value: str) -> float | None:

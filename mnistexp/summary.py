@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mnistexp.config import RESULT_NEUTRAL_KEYS
+from mnistexp.names import CONFIG_GROUP_TAG
 from mnistexp.selection import Selection
 
 REPORTED = ("test_accuracy", "test_loss")  # beside the selection metric in every table
@@ -23,6 +24,11 @@ class Row:
     params: dict[str, str]
     metrics: dict[str, float]
     seconds: float | None
+    config_group: str = ""  # what its replicates share (mnistexp.config_group); the run id for a run without it
+
+    @property
+    def seed(self) -> str:
+        return self.params.get("seed", "-")
 
     def metric(self, name: str) -> float:
         return self.metrics.get(name, math.nan)
@@ -44,6 +50,7 @@ def rows(runs: Iterable[Any], selection: Selection) -> list[Row]:
             params=dict(run.data.params),
             metrics=dict(run.data.metrics),
             seconds=(run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
+            config_group=run.data.tags.get(CONFIG_GROUP_TAG) or run.info.run_id,
         )
         for run in runs
     ]
