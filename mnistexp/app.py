@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -17,10 +18,12 @@ from omegaconf.errors import OmegaConfBaseException
 from mnistexp.config import CONFIG_MODULE, TrackingConfig, register, typed, validate
 from mnistexp.errors import SHOW_TRACEBACKS, UserError, report
 from mnistexp.hydra_errors import explain
+from mnistexp.masking import MaskingFilter
 from mnistexp.sweep import end_open_sweeps
 from mnistexp.sweep_context import SweepContext
 
 register()
+logging.getLogger("mnistexp").addFilter(MaskingFilter())  # no console or job-log line carries a password
 
 
 @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", execution_whitelist=["mnistexp.*"])

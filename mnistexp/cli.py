@@ -10,10 +10,12 @@ from typing import NoReturn
 
 from mnistexp import imports, interrupts
 from mnistexp.errors import report
+from mnistexp.masking import hide_in_overrides
 
 
 def main() -> None:
     interrupts.install()  # before Hydra, TensorFlow and MLflow load: a signal then is answered like any other
+    sys.argv[1:] = hide_in_overrides(sys.argv[1:], os.environ)  # passwords stay out of Hydra's files
     try:
         with imports.loaded_for_good("mnistexp.app"):  # Hydra and OmegaConf
             from mnistexp.app import run_command
@@ -25,15 +27,21 @@ def main() -> None:
     if signum is not None:
         report(f"stopped by {signal.Signals(signum).name}; the runs it cut short ended KILLED, none is left RUNNING")
         status = 128 + signum
+    if "mnistexp.spool" in sys.modules:
+        spooled = sys.modules["mnistexp.spool"].closing_line()
+        if spooled:
+            print(f"mnistexp: {spooled}", file=sys.stderr)
     _leave(status)
 
 
 def _leave(status: int) -> NoReturn:
     """End the process once everything is written. Every run is ended and every file closed by now,
-    so the interpreter's own teardown is skipped: TensorFlow's alone takes seconds. Not when Ray is
-    loaded (its shutdown at exit stops the processes it started), nor under a profiler or debugger
-    (they write their results at exit)."""
-    if "ray" in sys.modules or sys.getprofile() is not None or sys.gettrace() is not None:
+    so the interpreter's own teardown is skipped: TensorFlow's alone takes seconds. Not when Ray or
+    joblib's worker pool is loaded (their shutdown at exit stops the processes they started, which
+    would otherwise hold this command's output open until they time out, 5 minutes for joblib), nor
+    under a profiler or debugger (they write their results at exit)."""
+    started_workers = any(name in sys.modules for name in ("ray", "joblib.externals.loky.process_executor"))
+    if started_workers or sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(status)
     if "mlflow" in sys.modules:
         import mlflow

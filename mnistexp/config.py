@@ -104,6 +104,8 @@ class TrackingConfig:
     skip_finished: bool = MISSING
     http_timeout: int = MISSING
     http_retries: int = MISSING
+    outage_grace_seconds: int = MISSING
+    spool_dir: str = MISSING
 
 
 @dataclass
@@ -309,10 +311,19 @@ def validate(cfg: DictConfig) -> MnistexpConfig:
         config.tracking.http_timeout,
     )
     _require(
-        0 <= config.tracking.http_retries <= 20,
+        0 <= config.tracking.http_retries <= 10,  # MLflow refuses more than 10 (MLFLOW_HTTP_REQUEST_MAX_RETRIES)
         "tracking.http_retries",
-        "must be an integer 0-20",
+        "must be an integer 0-10",
         config.tracking.http_retries,
+    )
+    _require(
+        0 <= config.tracking.outage_grace_seconds <= 7 * 24 * 3600,
+        "tracking.outage_grace_seconds",
+        "must be whole seconds, 0 to a week",
+        config.tracking.outage_grace_seconds,
+    )
+    _require(
+        bool(config.tracking.spool_dir.strip()), "tracking.spool_dir", "must not be empty", config.tracking.spool_dir
     )
     _require(0 <= config.seed < 2**32, "seed", "must be an integer between 0 and 2**32 - 1", config.seed)
     _check_validation_and_selection(config)
@@ -379,13 +390,20 @@ def as_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def config_digest(config: MnistexpConfig) -> str:
-    """SHA-256 of what determines a result (the data is identified by its own digest, not its path)."""
+def config_digest(config: MnistexpConfig, without: Sequence[str] = ()) -> str:
+    """SHA-256 of what determines a result (the data is identified by its own digest, not its path),
+    leaving out the keys `without` too."""
     resolved = as_dict(config)
-    for dotted in RESULT_NEUTRAL_KEYS:
+    for dotted in (*RESULT_NEUTRAL_KEYS, *without):
         *parents, leaf = dotted.split(".")
         node = resolved
         for parent in parents:
             node = node.get(parent, {})
         node.pop(leaf, None)
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(resolved)).encode()).hexdigest()
+
+
+def group_digest(config: MnistexpConfig, source_digest: str) -> str:
+    """What replicates share (`mnistexp.config_group`): the config without `seed` and the digest of
+    the data as read, before `seed` draws the validation split from it."""
+    return hashlib.sha256(f"{config_digest(config, without=('seed',))} {source_digest}".encode()).hexdigest()

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 # What a run's console carried before: TensorFlow's C++ notices and errors that are not errors
 # ("Could not find cuda drivers", "failed call to cuInit", oneDNN, "NodeDef mentions attribute"),
-# MLflow's INFO lines about creating its tables, and tf.function retracing warnings, which every
-# job of a sweep triggers by design (each builds a new model).
+# MLflow's INFO lines about creating its tables and its "View run" links, urllib3's retry warnings,
+# and tf.function retracing warnings, which every job of a sweep triggers by design (each builds a
+# new model).
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -20,7 +21,10 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logging, once it is set up
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model file loaded
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "🏃 View run ... at:" per run
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # for an mlflow imported already
+    # urllib3's "Retrying (Retry(total=...))" while a server is away: mnistexp says it once (outages.py)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

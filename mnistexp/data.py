@@ -139,8 +139,9 @@ def stratified_sample(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def load(data_cfg: DataConfig) -> Dataset:
-    """Read the dataset from `data.path` (.npz or IDX folder), or download `data.name` through keras.datasets.
+def load(data_cfg: DataConfig, verbose: bool = False) -> Dataset:
+    """Read the dataset from `data.path` (.npz or IDX folder), or download `data.name` through keras.datasets
+    (TensorFlow's start-up lines silenced unless `verbose`).
 
     The jobs of a sweep share one process with Hydra's basic launcher: the last two datasets are
     kept, keyed by the file's size and modification time, so a sweep reads its data once.
@@ -149,7 +150,7 @@ def load(data_cfg: DataConfig) -> Dataset:
     if path is not None:
         file = _existing(path)
         stamp = (file.stat().st_size, file.stat().st_mtime_ns)
-    return _load(data_cfg.name, path, tuple(data_cfg.image_shape), len(data_cfg.class_names), stamp)
+    return _load(data_cfg.name, path, tuple(data_cfg.image_shape), len(data_cfg.class_names), stamp, verbose)
 
 
 def load_test_split(data_cfg: DataConfig) -> Dataset:
@@ -172,9 +173,11 @@ def _existing(path: str) -> Path:
 
 
 @lru_cache(maxsize=2)
-def _load(name: str, path: str | None, image_shape: tuple[int, ...], num_classes: int, stamp: object) -> Dataset:
+def _load(
+    name: str, path: str | None, image_shape: tuple[int, ...], num_classes: int, stamp: object, verbose: bool
+) -> Dataset:
     if path is None:
-        arrays, source = _download(name), f"keras.datasets.{name}"
+        arrays, source = _download(name, verbose), f"keras.datasets.{name}"
     else:
         file = Path(path).expanduser()
         arrays = _read_idx_folder(file) if file.is_dir() else _read_npz(file)
@@ -182,8 +185,11 @@ def _load(name: str, path: str | None, image_shape: tuple[int, ...], num_classes
     return _checked(arrays, source, image_shape, num_classes)
 
 
-def _download(name: str) -> dict[str, np.ndarray]:
-    import keras  # only this source needs Keras (and so TensorFlow)
+def _download(name: str, verbose: bool) -> dict[str, np.ndarray]:
+    from mnistexp import imports
+
+    imports.tensorflow(verbose)  # only this source needs Keras (and so TensorFlow), its C++ lines kept off
+    import keras
 
     loader = getattr(keras.datasets, name, None)
     if loader is None:

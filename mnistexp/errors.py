@@ -13,8 +13,10 @@ def first_line(error: BaseException) -> str:
 
 
 def report(message: str) -> None:
-    """One line on stderr in mnistexp's voice."""
-    print(f"mnistexp: error: {message}", file=sys.stderr)
+    """One line on stderr in mnistexp's voice, a password in any URL of it masked."""
+    from mnistexp.masking import mask
+
+    print(f"mnistexp: error: {mask(message)}", file=sys.stderr)
 
 
 class UserError(Exception):

@@ -69,6 +69,11 @@ def received() -> int | None:
     return _received
 
 
+def pending() -> int | None:
+    """The signal held back for the next safe point, if any."""
+    return _pending
+
+
 def check() -> None:
     """A safe point: raise the signal held back, if any (KeyboardInterrupt, or Terminated for SIGTERM)."""
     global _pending

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from mnistexp import console, imports
 from mnistexp import data as data_lib
-from mnistexp.config import MnistexpConfig, config_digest, parameter_count, selection_of
+from mnistexp.config import MnistexpConfig, config_digest, group_digest, parameter_count, selection_of
+from mnistexp.names import CONFIG_GROUP_TAG
 from mnistexp.selection import Selection
 from mnistexp.sweep_context import REUSED_TAG_PREFIX, SweepContext
 
@@ -36,18 +37,20 @@ def run(
     """Train, evaluate and log one job. `sweep` makes its run a child of the sweep's parent run;
     `verbose` (hydra.verbose) lets the libraries' own console lines through."""
     class_names = list(cfg.data.class_names)
+    console.quiet_libraries(verbose)
     # Data first: a missing or corrupt file fails before TensorFlow loads or a run is opened.
-    data = data_lib.load(cfg.data)
-    data = data.limit(cfg.trainer.limit_train_samples, cfg.trainer.limit_test_samples)
+    loaded = data_lib.load(cfg.data, verbose)
+    data = loaded.limit(cfg.trainer.limit_train_samples, cfg.trainer.limit_test_samples)
     data = data.split_validation(cfg.data.validation_size, cfg.seed)
     _report(data)
     selection = selection_of(cfg)
     digest = hashlib.sha256(f"{config_digest(cfg)} {data.digest}".encode()).hexdigest()
+    group = group_digest(cfg, loaded.digest)  # the validation split depends on the seed; the file does not
 
-    console.quiet_libraries(verbose)
     from mnistexp import tracking
 
-    uri = tracking.check_store(cfg.tracking)  # an unreachable server fails now, not after minutes of retries
+    # An unreachable server fails a command at its start, in seconds; a sweep's parent did that check.
+    tracking.use_store(cfg.tracking) if sweep else tracking.check_store(cfg.tracking)
     if cfg.tracking.skip_finished:
         earlier = _finished_run(cfg, digest, sweep, selection)
         if earlier is not None:
@@ -68,17 +71,18 @@ def run(
         **runtime,
         **tracking.selection_tags(selection),
         "mnistexp.config_sha256": digest,
+        CONFIG_GROUP_TAG: group,
         **(extra_tags or {}),
     }
-    with tracking.mlflow_run(cfg.tracking, run_name, tags, sweep.parent_run_id if sweep else None) as active:
-        records.log_config(cfg, overrides)
-        records.log_data(data, cfg.data.name)
-        records.log_model_setup(model)
-        fitted = train.fit(model, data, cfg.trainer, [records.epoch_metrics_callback()], cfg.seed)
-        records.log_fit(fitted)
+    with tracking.mlflow_run(cfg.tracking, run_name, tags, sweep.parent_run_id if sweep else None) as run:
+        records.log_config(run, cfg, overrides)
+        records.log_data(run, data, cfg.data.name)
+        records.log_model_setup(run, model)
+        fitted = train.fit(model, data, cfg.trainer, [records.epoch_metrics_callback(run)], cfg.seed)
+        records.log_fit(run, fitted)
         results = evaluate.evaluate(model, data, cfg.trainer, cfg.data)
-        model_id = records.log_model(model, cfg.data.image_shape) if cfg.tracking.log_model else None
-        records.log_evaluation(results, class_names, model_id)
+        logged_model = records.log_model(run, model, cfg.data.image_shape) if cfg.tracking.log_model else None
+        records.log_evaluation(run, results, class_names, logged_model)
         for name, figure in (
             ("confusion_matrix", plots.confusion_heatmap(results.confusion, class_names, results.accuracy)),
             (
@@ -89,7 +93,7 @@ def run(
             ),
             ("learning_curves", plots.learning_curves(fitted.history, fitted.best_epoch)),
         ):
-            records.log_figure(figure, f"plots/{name}.png")
+            run.figure(figure, f"plots/{name}.png")
             plots.close(figure)
 
     metrics = {
@@ -100,13 +104,13 @@ def run(
         "samples_per_second": fitted.samples_per_second,
     }
     kept = "".join(f" {name}={metrics[name]:.4f}" for name in ("val_accuracy", "val_loss") if name in metrics)
-    log.info("test_accuracy=%.4f test_loss=%.4f%s run_id=%s", results.accuracy, results.loss, kept, active.info.run_id)
+    log.info("test_accuracy=%.4f test_loss=%.4f%s run_id=%s", results.accuracy, results.loss, kept, run.run_id)
     log.info(
         "see it: %s, then %s",
-        tracking.ui_command(uri),
-        tracking.run_page(uri, active.info.experiment_id, active.info.run_id),
+        tracking.ui_command(run.uri),
+        tracking.run_page(run.uri, run.experiment_id, run.run_id),
     )
-    return JobResult(active.info.run_id, metrics, selection.objective(metrics), uri)
+    return JobResult(run.run_id, metrics, selection.objective(metrics), run.uri)
 
 
 def _finished_run(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -54,26 +53,27 @@ def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
 
     results = evaluation.evaluate(model, data, cfg.trainer, cfg.data)
     model_id = mlflow.models.get_model_info(model_uri).model_id
-    evaluation_tracking = replace(cfg.tracking, experiment=cfg.tracking.evaluation_experiment)
+    experiment = cfg.tracking.evaluation_experiment
     tags = {
         "mnistexp.evaluated_model": model_uri,
         "mnistexp.model_id": str(model_id),
         "mnistexp.data_sha256": data.digest,
         **tracking.environment_tags(),
     }
-    with tracking.mlflow_run(evaluation_tracking, f"evaluate {model_uri}", tags) as active:
-        mlflow.log_params(
+    with tracking.mlflow_run(cfg.tracking, f"evaluate {model_uri}", tags, experiment=experiment) as run:
+        run.params(
             {
                 f"data.{key}": value
                 for key, value in {"name": cfg.data.name, "path": cfg.data.path, "test_size": len(data.y_test)}.items()
             }
         )
-        records.log_test_input(data, cfg.data.name)
-        records.log_evaluation(results, list(cfg.data.class_names), model_id)
+        records.log_test_input(run, data, cfg.data.name)
+        model_key = run.link_model(str(model_id))
+        records.log_evaluation(run, results, list(cfg.data.class_names), model_key)
         figure = plots.confusion_heatmap(results.confusion, list(cfg.data.class_names), results.accuracy)
-        records.log_figure(figure, "plots/confusion_matrix.png")
+        run.figure(figure, "plots/confusion_matrix.png")
         plots.close(figure)
-    return active.info.run_id, results
+    return run.run_id, results
 
 
 def predict(model_uri: str, images_path: str, cfg: MnistexpConfig) -> str:

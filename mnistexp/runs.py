@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import re
 import sys
 from datetime import datetime, timezone
@@ -15,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnistexp.config import MnistexpConfig, TrackingConfig, as_dict, compose, typed, validate
 from mnistexp.console import quiet_libraries
 from mnistexp.errors import UserError
+from mnistexp.masking import mask
 from mnistexp.selection import MODES, RUN_METRICS, Selection, direction
 
 COMPARED_METRICS = ("test_accuracy", "test_loss")
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UserError as error:
-        print(f"mnistexp-runs: error: {error}", file=sys.stderr)
+        print(f"mnistexp-runs: error: {mask(str(error))}", file=sys.stderr)
         return 2
 
 
@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         help="rank by this metric (default: the selection metric the runs were made with)",
     )
     compare.add_argument("--mode", choices=MODES, default="auto", help="max, min or auto (%(default)s)")
+    compare.add_argument(
+        "--group",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one row per configuration, replicates (runs that differ only in seed) together with n and mean ± "
+        "95%% interval (default: when there are replicates); --no-group lists every run",
+    )
     compare.add_argument("--plot", metavar="FILE", type=Path, help="also write the ranking metric against a key")
     compare.add_argument("--plot-key", default="model.hidden_units", help="the key for --plot (%(default)s)")
     compare.set_defaults(handler=compare_runs)
@@ -87,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(handler=evaluate_model)
 
+    sync = commands.add_parser(
+        "sync", help="deliver the runs a tracking server did not take (the spool) to it, once; safe to repeat"
+    )
+    sync.add_argument(
+        "--spool", type=Path, help="the spool folder (default: tracking.spool_dir in conf/, ./mnistexp-spool)"
+    )
+    sync.set_defaults(handler=sync_spool)
+
     predict = commands.add_parser("predict", help="class scores for every image of a file, as CSV")
     predict.add_argument("model_uri", metavar="MODEL_URI", help="models:/NAME@champion, models:/<id>, runs:/<id>/model")
     predict.add_argument("images", metavar="IMAGES", help="an .npz of images (one array, or `images`), or an IDX file")
@@ -123,7 +138,7 @@ def default_config() -> DictConfig:
 
 
 def compare_runs(args: argparse.Namespace) -> int:
-    from mnistexp import plots, summary
+    from mnistexp import plots, replicates, summary
 
     client = _client(args)
     if args.parent:
@@ -146,15 +161,17 @@ def compare_runs(args: argparse.Namespace) -> int:
     selection = _selection(runs, args.metric, args.mode)
     table = summary.rows(runs, selection)
     keys = summary.varying_keys(table)
-    print(summary.to_text(table, keys, selection))
+    grouped = replicates.has_replicates(table) if args.group is None else args.group
+    configurations = replicates.groups(table, keys, selection)
+    if grouped:
+        print(replicates.to_text(configurations, keys, selection))
+    else:
+        print(summary.to_text(table, keys, selection))
+        if not replicates.has_replicates(table):
+            print("one run per configuration, no interval")
     if args.plot:
-        scored = [row for row in table if not math.isnan(row.metric(selection.metric))]
-        figure = plots.metric_by_param(
-            [row.params.get(args.plot_key, "?") for row in scored],
-            [row.metric(selection.metric) for row in scored],
-            args.plot_key,
-            selection.metric,
-        )
+        others = [key for key in keys if key != args.plot_key]
+        figure = plots.metric_by_key(configurations, args.plot_key, others)
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(args.plot, dpi=120)
         plots.close(figure)
@@ -247,7 +264,7 @@ def pin_run(args: argparse.Namespace) -> int:
         "# @package _global_",
         f"# Pinned from MLflow run {run.info.run_id} ({run.info.run_name}) on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"# store: {client.tracking_uri}",
+        f"# store: {mask(client.tracking_uri)}",
         "# "
         + " ".join(
             f"{name}={metrics.get(name, float('nan')):.6f}"
@@ -302,6 +319,30 @@ def evaluate_model(args: argparse.Namespace) -> int:
         f"{args.model_uri}: test_accuracy={results.accuracy:.4f} test_loss={results.loss:.4f} "
         f"on {len(results.predictions)} images; run {run_id}"
     )
+    return 0
+
+
+def sync_spool(args: argparse.Namespace) -> int:
+    """The spool's runs to their server: --tracking-uri, else MLFLOW_TRACKING_URI, else tracking.uri,
+    else the server each run was meant for."""
+    import os
+
+    from mnistexp import sync, tracking
+    from mnistexp.sweep_summary import summarise_again
+
+    defaults = default_config().tracking
+    folder = args.spool or Path(defaults.spool_dir)
+    server = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or defaults.uri
+    if server:
+        tracking_cfg = typed(defaults, TrackingConfig)
+        tracking_cfg.uri = server
+        tracking.check_store(tracking_cfg)  # a server still away is one line, not minutes of retries
+    else:
+        from mnistexp import imports
+
+        imports.mlflow()
+    done = sync.sync(folder, server, summarise_again)
+    print(sync.describe(done, folder, server))
     return 0
 
 

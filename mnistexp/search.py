@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 import math
-import re
+import os
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -17,6 +17,7 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
 
 from mnistexp.errors import UserError, first_line
+from mnistexp.masking import mask, unmask
 
 log = logging.getLogger("mnistexp")
 
@@ -54,6 +55,7 @@ class StudySweeper(OptunaSweeper):
                 _execution_whitelist_=("optuna.samplers.*", "hydra_plugins.*"),
             )
         impl.n_trials = trials_to_run(study, self.study_size)
+        impl.storage = unmask(str(impl.storage), os.environ)
         log.info(
             "study %s: %d of %d trials done, %d to run",
             study.study_name,
@@ -70,6 +72,7 @@ def open_study(storage: str, study_name: str, directions: Sequence[str]) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     named: list[Any] = list(directions)  # "maximize" / "minimize"
+    storage = unmask(storage, os.environ)  # a password from the command line
     study = optuna.create_study(storage=storage, study_name=study_name, directions=named, load_if_exists=True)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -95,13 +98,8 @@ def study_of(config: DictConfig) -> Any:
     except Exception as error:  # a storage that cannot be reached or read: one line, naming it
         raise UserError(
             f"hydra.sweeper.storage: cannot open the Optuna study {sweeper.study_name!r} in "
-            f"{shown_storage(str(sweeper.storage))} ({error.__class__.__name__}: {first_line(error)})"
+            f"{mask(str(sweeper.storage))} ({error.__class__.__name__}: {first_line(error)})"
         ) from error
-
-
-def shown_storage(storage: str) -> str:
-    """A storage URL fit for a tag: the password is left out."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", storage)
 
 
 def log_study(client, parent_run_id: str, study) -> str:

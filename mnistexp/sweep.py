@@ -16,6 +16,7 @@ from mnistexp import interrupts
 from mnistexp.config import TrackingConfig, typed
 from mnistexp.console import quiet_libraries
 from mnistexp.errors import SHOW_TRACEBACKS, UserError, first_line, report
+from mnistexp.masking import mask
 from mnistexp.selection import Selection
 from mnistexp.sweep_context import SweepContext, available_cores
 
@@ -102,7 +103,8 @@ class MlflowSweep(Callback):
             tags = {
                 "mnistexp.sweep": "parent",
                 "mnistexp.swept_keys": ",".join(keys),
-                "mnistexp.sweep_overrides": " ".join(config.hydra.overrides.task),
+                "mnistexp.sweep_overrides": mask(" ".join(config.hydra.overrides.task)),
+                **tracking.selection_tags(selection),
             }
             study = None
             try:
@@ -137,7 +139,7 @@ class MlflowSweep(Callback):
         parent = tracking.start_parent_run(
             tracking_cfg,
             f"study {study.study_name}",
-            {**tags, "mnistexp.study_name": study.study_name, "mnistexp.study_storage": search.shown_storage(storage)},
+            {**tags, "mnistexp.study_name": study.study_name, "mnistexp.study_storage": mask(storage)},
         )
         study.set_user_attr(search.PARENT_ATTR, parent)
         return parent
@@ -147,11 +149,13 @@ class MlflowSweep(Callback):
         from mlflow import MlflowClient
 
         from mnistexp import search, tracking
+        from mnistexp.outages import RidingClient
 
         tracking.use_store(sweep.tracking_cfg)
         storage, name = study
         opened = search.open_study(storage, name, [f"{sweep.selection.mode}imize"])
-        return search.log_study(MlflowClient(), sweep.parent_run_id, opened)
+        client = RidingClient(MlflowClient(), tracking.rider(sweep.tracking_cfg))
+        return search.log_study(client, sweep.parent_run_id, opened)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         interrupts.check()  # no job starts after a signal
@@ -159,7 +163,10 @@ class MlflowSweep(Callback):
         if context is not None:
             of = f"/{context.size}" if context.size else ""
             log.info(
-                "job %d%s: %s", config.hydra.job.num + 1, of, " ".join(config.hydra.overrides.task) or "(no overrides)"
+                "job %d%s: %s",
+                config.hydra.job.num + 1,
+                of,
+                mask(" ".join(config.hydra.overrides.task)) or "(no overrides)",
             )
 
     def on_multirun_end(self, config: DictConfig | None, **kwargs: Any) -> None:
@@ -169,16 +176,18 @@ class MlflowSweep(Callback):
             if sweep is None:
                 return
             _open_sweeps.remove(self)
-            from mnistexp.sweep_summary import finish_parent_run
+            from mnistexp.outages import TrackingOutageError
+            from mnistexp.sweep_summary import SweepOutcome, finish_parent_run, owe_summary
 
-            if sweep.study is not None:
-                log.info(self._log_study(sweep, sweep.study))
-            outcome = finish_parent_run(
-                sweep.tracking_cfg,
-                sweep.parent_run_id,
-                sweep.selection,
-                interrupted=isinstance(in_flight, KeyboardInterrupt),
-            )
+            interrupted = isinstance(in_flight, KeyboardInterrupt)
+            try:
+                if sweep.study is not None:
+                    log.info(self._log_study(sweep, sweep.study))
+                outcome = finish_parent_run(sweep.tracking_cfg, sweep.parent_run_id, sweep.selection, interrupted)
+            except TrackingOutageError:
+                outcome = SweepOutcome(
+                    owe_summary(sweep.tracking_cfg, sweep.parent_run_id, sweep.selection, interrupted), []
+                )
         log.info(outcome.report)
         for line in outcome.failures:
             report(line)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, read_write
 
+from mnistexp.masking import mask
+
 PARENT_RUN_ENV = "MNISTEXP_PARENT_RUN_ID"
 SWEPT_KEYS_ENV = "MNISTEXP_SWEPT_KEYS"
 SWEEP_SIZE_ENV = "MNISTEXP_SWEEP_SIZE"
@@ -53,8 +55,9 @@ class SweepContext:
             SWEPT_KEYS_ENV: ",".join(self.swept_keys),
             SWEEP_SIZE_ENV: str(self.size or ""),
             THREADS_ENV: str(self.threads or ""),
-            "MLFLOW_TRACKING_URI": store_uri,
         }
+        if mask(store_uri) == store_uri:  # Hydra writes env_set into hydra.yaml: a password never goes there
+            variables["MLFLOW_TRACKING_URI"] = store_uri
         if environ.get(DATA_ENV):
             variables[DATA_ENV] = environ[DATA_ENV]
         with read_write(config.hydra.overrides.hydra):

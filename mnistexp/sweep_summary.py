@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from mnistexp import names, replicates
 from mnistexp.config import TrackingConfig
+from mnistexp.masking import mask
 from mnistexp.selection import Selection
 from mnistexp.sweep_context import REUSED_TAG_PREFIX
 
@@ -29,10 +31,11 @@ def finish_parent_run(
     """
     from mlflow import MlflowClient
 
-    from mnistexp import interrupts, plots, summary, tracking
+    from mnistexp import interrupts, summary, tracking
+    from mnistexp.outages import RidingClient
 
     tracking.use_store(tracking_cfg)
-    client = MlflowClient()
+    client: Any = RidingClient(MlflowClient(), tracking.rider(tracking_cfg))  # an outage now is waited out
     parent = client.get_run(parent_run_id)
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000
@@ -56,26 +59,20 @@ def finish_parent_run(
         f"sweep {parent_run_id}: {len(finished)} finished, {statuses.count('FAILED')} failed, "
         f"{statuses.count('KILLED')} killed"
     ]
+    configurations = replicates.groups(table, keys, selection)
+    replicated = replicates.has_replicates(table)
+    if replicated:
+        client.log_text(parent_run_id, replicates.to_csv(configurations, keys), names.GROUPS_ARTIFACT)
     if finished:
-        best = finished[0]
-        client.log_metric(parent_run_id, f"best_{metric}", best.metric(metric))
-        for name in summary.REPORTED:  # the chosen run's test figures, reported beside the choice
-            if name != metric and not math.isnan(best.metric(name)):
-                client.log_metric(parent_run_id, f"best_run_{name}", best.metric(name))
-        client.set_tag(parent_run_id, "mnistexp.best_run_id", best.run_id)
-        client.set_tag(parent_run_id, "mnistexp.best_run", best.name)
-        tested = "".join(f" {name}={best.metric(name):.4f}" for name in summary.REPORTED if name != metric)
         report.append(
-            f"best by {selection.describe()}: {best.name} {metric}={best.metric(metric):.4f}{tested} "
-            f"(run {best.run_id})"
+            _log_best_group(client, parent_run_id, configurations, selection)
+            if replicated
+            else _log_best_run(client, parent_run_id, finished[0], selection)
         )
-        for key in keys:
-            figure = plots.metric_by_param(
-                [row.params.get(key, "?") for row in finished], [row.metric(metric) for row in finished], key, metric
-            )
-            client.log_figure(parent_run_id, figure, f"sweep/{metric}_by_{key}.png")
-            plots.close(figure)
-    report.append(summary.to_text(table, keys, selection))
+        _log_plots(client, parent_run_id, configurations, keys, metric)
+    report.append(
+        replicates.to_text(configurations, keys, selection) if replicated else summary.to_text(table, keys, selection)
+    )
     interrupted = interrupts.settle() is not None or interrupted  # a later signal changes nothing
     status = (
         "KILLED"
@@ -92,6 +89,99 @@ def finish_parent_run(
         if row.status in ("FAILED", "KILLED") and row.run_id in by_id
     ]
     return SweepOutcome("\n".join(report), failures)
+
+
+def owe_summary(tracking_cfg: TrackingConfig, parent_run_id: str, selection: Selection, interrupted: bool) -> str:
+    """The server stayed away while the sweep ended: a note in the spool that `mnistexp-runs sync`
+    turns into the parent's summary (and its end) once the server answers; returns the line to report."""
+    from pathlib import Path
+
+    from mnistexp import spool, tracking
+
+    uri = tracking.use_store(tracking_cfg)
+    sink = spool.opener(Path(tracking_cfg.spool_dir), uri)()
+    experiment = sink.experiment(tracking_cfg.experiment, names.EXPERIMENT_KIND)
+    tags = {
+        names.SPOOL_SUMMARY_TAG: parent_run_id,
+        names.SPOOL_SERVER_TAG: mask(uri),
+        "mnistexp.interrupted": str(interrupted),
+        "mnistexp.selection_metric": selection.metric,
+        "mnistexp.selection_mode": selection.mode,
+    }
+    note = sink.client.create_run(experiment, run_name=f"summary of sweep {parent_run_id}", tags=tags)
+    sink.client.set_terminated(note.info.run_id, "FINISHED")
+    return f"sweep {parent_run_id}: its summary waits in the spool {sink.uri} (the tracking server did not answer)"
+
+
+def summarise_again(uri: str, parent_run_id: str, interrupted: bool) -> None:
+    """A sweep parent summarised (and ended) anew from its children on `uri`: what `mnistexp-runs sync`
+    does once it has delivered children, or owed summaries."""
+    from mlflow import MlflowClient
+
+    from mnistexp.config import compose, typed
+
+    parent = MlflowClient(uri).get_run(parent_run_id)
+    tracking_cfg = typed(compose([f"tracking.uri={uri}"]).tracking, TrackingConfig)
+    tags = parent.data.tags
+    metric, mode = tags.get("mnistexp.selection_metric"), tags.get("mnistexp.selection_mode")
+    if not metric or not mode:  # a parent made before it recorded its rule: the children's
+        metric, mode = _children_rule(MlflowClient(uri), parent)
+    finish_parent_run(tracking_cfg, parent_run_id, Selection(metric, mode), interrupted)
+
+
+def _children_rule(client: Any, parent: Any) -> tuple[str, str]:
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1
+    )
+    tags = children[0].data.tags if children else {}
+    return tags.get("mnistexp.selection_metric", "test_accuracy"), tags.get("mnistexp.selection_mode", "max")
+
+
+def _log_best_run(client: Any, parent_run_id: str, best: Any, selection: Selection) -> str:
+    """One run per configuration: the best run's figures on the parent; returns the report line."""
+    from mnistexp import summary
+
+    metric = selection.metric
+    client.log_metric(parent_run_id, f"best_{metric}", best.metric(metric))
+    for name in summary.REPORTED:  # the chosen run's test figures, reported beside the choice
+        if name != metric and not math.isnan(best.metric(name)):
+            client.log_metric(parent_run_id, f"best_run_{name}", best.metric(name))
+    client.set_tag(parent_run_id, "mnistexp.best_run_id", best.run_id)
+    client.set_tag(parent_run_id, "mnistexp.best_run", best.name)
+    tested = "".join(f" {name}={best.metric(name):.4f}" for name in summary.REPORTED if name != metric)
+    return f"best by {selection.describe()}: {best.name} {metric}={best.metric(metric):.4f}{tested} (run {best.run_id})"
+
+
+def _log_best_group(client: Any, parent_run_id: str, configurations: list, selection: Selection) -> str:
+    """Replicates: the best configuration's means on the parent (every best_* figure is a mean over its
+    finished replicates), its best replicate as mnistexp.best_run_id; returns the report line."""
+    best = configurations[0]
+    metric = selection.metric
+    figure = best.figures[metric]
+    client.log_metric(parent_run_id, f"best_{metric}", figure.mean)
+    client.log_metric(parent_run_id, f"best_{metric}_mean", figure.mean)
+    if not math.isnan(figure.ci95):
+        client.log_metric(parent_run_id, f"best_{metric}_ci95", figure.ci95)
+    for name, interval in best.figures.items():
+        if name != metric and not math.isnan(interval.mean):
+            client.log_metric(parent_run_id, f"best_run_{name}", interval.mean)
+    client.set_tag(parent_run_id, "mnistexp.best_run_id", best.best_run.run_id)
+    client.set_tag(parent_run_id, "mnistexp.best_run", best.best_run.name)
+    client.set_tag(parent_run_id, names.BEST_CONFIG_GROUP_TAG, best.key)
+    client.set_tag(parent_run_id, names.BEST_CONFIG_TAG, best.name)
+    return replicates.report_line(best, replicates.tied_with_best(configurations), selection)
+
+
+def _log_plots(client: Any, parent_run_id: str, configurations: list, keys: list[str], metric: str) -> None:
+    """The selection metric against each swept key (never against seed)."""
+    from mnistexp import plots
+
+    for key in keys:
+        if key == "seed":
+            continue
+        figure = plots.metric_by_key(configurations, key, [other for other in keys if other not in (key, "seed")])
+        client.log_figure(parent_run_id, figure, f"sweep/{metric}_by_{key}.png")
+        plots.close(figure)
 
 
 def _ended(client: Any, child: Any, interrupted: bool) -> Any:

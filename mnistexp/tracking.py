@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import subprocess
@@ -13,30 +14,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from mnistexp import imports, interrupts
+from mnistexp import imports, interrupts, names, outages, spool
 from mnistexp.errors import TrackingError
+from mnistexp.masking import mask, unmask
+from mnistexp.names import CONFIG_GROUP_TAG
+from mnistexp.outages import Rider, TrackingOutageError
+from mnistexp.recording import Recording, Sink
 
 if TYPE_CHECKING:
-    from mlflow import ActiveRun
-
     from mnistexp.config import TrackingConfig
     from mnistexp.selection import Selection
     from mnistexp.sweep_context import SweepContext
 
 RECORDED_IN_RUN = "mnistexp_run_id"  # set on an exception whose run was ended FAILED with it
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # UI opens on the runs table
 
 
 def ui_command(uri: str) -> str:
     """How to look at the runs in `uri`: a server is opened in a browser, a local store needs `mlflow ui`."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {mask(uri)}"
+    return f"mlflow ui --backend-store-uri {mask(uri)}"
 
 
 def run_page(uri: str, experiment_id: str, run_id: str) -> str:
     """The run's page in the UI (`mlflow ui` serves on 127.0.0.1:5000 by default)."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    base = mask(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     # MLflow 3's UI starts in its GenAI views unless the link says this is model training.
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
@@ -50,24 +52,16 @@ def use_store(tracking_cfg: TrackingConfig) -> str:
     import mlflow
 
     if tracking_cfg.uri:
-        mlflow.set_tracking_uri(tracking_cfg.uri)
+        mlflow.set_tracking_uri(unmask(tracking_cfg.uri, os.environ))  # a password from the command line
     return mlflow.get_tracking_uri()
 
 
 def check_store(tracking_cfg: TrackingConfig) -> str:
-    """Fail in seconds, naming the URI, if the store cannot be reached or written; returns the URI."""
+    """Fail in seconds, naming the URI, if the store cannot be reached, refuses our credentials, or
+    cannot be written; returns the URI."""
     uri = use_store(tracking_cfg)
     if uri.startswith(("http://", "https://")):
-        import requests
-
-        try:
-            requests.get(f"{uri.rstrip('/')}/health", timeout=tracking_cfg.http_timeout)
-        except requests.RequestException as error:
-            reason = error.__class__.__name__
-            raise TrackingError(
-                f"cannot reach the MLflow tracking server {uri} ({reason}); start it, or fix "
-                "tracking.uri / MLFLOW_TRACKING_URI"
-            ) from error
+        _check_server(uri, tracking_cfg.http_timeout)
         return uri
     local = _local_store_path(uri)
     if local is not None:
@@ -75,8 +69,37 @@ def check_store(tracking_cfg: TrackingConfig) -> str:
         while not folder.exists() and folder != folder.parent:  # MLflow creates missing folders below one
             folder = folder.parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingError(f"cannot write the MLflow store {uri}: {folder} is not a writable folder")
+            raise TrackingError(f"cannot write the MLflow store {mask(uri)}: {folder} is not a writable folder")
     return uri
+
+
+def _check_server(uri: str, timeout: int) -> None:
+    """One short request to /health, then one that needs our credentials (MLflow's basic-auth app
+    answers /health to anyone)."""
+    import requests
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as error:
+        raise TrackingError(
+            f"cannot reach the MLflow tracking server {mask(uri)} ({error.__class__.__name__}); start it, or fix "
+            "tracking.uri / MLFLOW_TRACKING_URI"
+        ) from error
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as error:
+        refusal = {
+            "UNAUTHENTICATED": "refused our credentials (HTTP 401)",
+            "PERMISSION_DENIED": "refused access (HTTP 403)",
+        }
+        if error.error_code not in refusal:
+            raise TrackingError(f"the MLflow tracking server {mask(uri)} answered: {_first_line(error)}") from error
+        raise TrackingError(
+            f"the MLflow tracking server {mask(uri)} {refusal[error.error_code]}: set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to an account of that server"
+        ) from error
 
 
 def absolute_uri() -> str:
@@ -112,73 +135,106 @@ def _first_use_lock(uri: str):
 
 def experiment_id(tracking_cfg: TrackingConfig) -> str:
     """The configured experiment's id, created (and tagged as model training) if new."""
-    import mlflow
+    return open_sink(tracking_cfg).experiment(tracking_cfg.experiment, names.EXPERIMENT_KIND)
+
+
+def open_sink(tracking_cfg: TrackingConfig, experiment: str | None = None) -> Sink:
+    """A Sink on the store `tracking.uri` names, its experiment looked up or made (riding out an outage)."""
+    from mlflow import MlflowClient
 
     uri = use_store(tracking_cfg)
+    name = experiment or tracking_cfg.experiment
+    with _first_use_lock(uri):  # a client on a new SQLite store creates its tables at once
+        sink = Sink(uri, MlflowClient(uri))
     try:
         with _first_use_lock(uri):
-            experiment = mlflow.set_experiment(tracking_cfg.experiment)
-            if "mlflow.experimentKind" not in experiment.tags:
-                mlflow.set_experiment_tags(EXPERIMENT_KIND)
+            rider(tracking_cfg).call(lambda: sink.experiment(name, names.EXPERIMENT_KIND))
+    except TrackingOutageError:
+        pass  # the run's first write goes to the spool, which makes the experiment there
     except Exception as error:
-        raise TrackingError(f"cannot use MLflow store {uri}: {_first_line(error)}") from error
-    return experiment.experiment_id
+        raise TrackingError(f"cannot use MLflow store {mask(uri)}: {_first_line(error)}") from error
+    return sink
+
+
+def rider(tracking_cfg: TrackingConfig) -> Rider:
+    """What waits out this process's tracking server when it stops answering."""
+    return outages.rider(use_store(tracking_cfg), tracking_cfg.outage_grace_seconds)
+
+
+def open_run(
+    tracking_cfg: TrackingConfig,
+    run_name: str | None,
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+    experiment: str | None = None,
+) -> Recording:
+    """A new run in the configured store (its spool, if the store is away)."""
+    sink = open_sink(tracking_cfg, experiment)
+    parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    try:
+        return Recording(
+            sink,
+            rider(tracking_cfg),
+            spool.opener(Path(tracking_cfg.spool_dir), sink.uri),
+            experiment or tracking_cfg.experiment,
+            run_name,
+            {**tags, **parent},
+        )
+    except Exception as error:
+        raise TrackingError(f"cannot start a run in {mask(sink.uri)}: {_first_line(error)}") from error
 
 
 @contextlib.contextmanager
 def mlflow_run(
-    tracking_cfg: TrackingConfig, run_name: str | None, tags: Mapping[str, str], parent_run_id: str | None = None
-) -> Iterator[ActiveRun]:
+    tracking_cfg: TrackingConfig,
+    run_name: str | None,
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+    experiment: str | None = None,
+) -> Iterator[Recording]:
     """One MLflow run that always ends: FINISHED, FAILED (error tagged, traceback logged) or KILLED.
 
     A signal never cuts the opening or the ending of the run; in its body it waits for a safe
     point (a batch end, the body's end), and the run then ends KILLED."""
-    import mlflow
-
-    experiment = experiment_id(tracking_cfg)
     run = None
     try:
         with interrupts.held():
-            try:
-                run = mlflow.start_run(
-                    experiment_id=experiment, run_name=run_name, tags=dict(tags), parent_run_id=parent_run_id
-                )
-            except Exception as error:
-                raise TrackingError(f"cannot start a run in {_store_uri()}: {_first_line(error)}") from error
+            run = open_run(tracking_cfg, run_name, tags, parent_run_id, experiment)
         with interrupts.deferred():
             yield run
     except BaseException as error:
         if run is not None:
             with interrupts.held():
-                _end_run_after(error, run.info.run_id)
+                _end_run_after(error, run)
         raise
     else:
         with interrupts.held():
-            mlflow.end_run("FINISHED")
+            run.end("FINISHED")
 
 
-def _end_run_after(error: BaseException, run_id: str) -> None:
-    import mlflow
-
+def _end_run_after(error: BaseException, run: Recording) -> None:
     if isinstance(error, KeyboardInterrupt):
-        mlflow.end_run("KILLED")
+        run.end("KILLED", patient=False)  # a server that does not answer now: to the spool, not a wait
         return
-    setattr(error, RECORDED_IN_RUN, run_id)  # tells a sweep the failure is already on record
-    mlflow.set_tag("mnistexp.error", _first_line(error)[:5000])
-    mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
-    mlflow.end_run("FAILED")
+    setattr(error, RECORDED_IN_RUN, run.run_id)  # tells a sweep the failure is already on record
+    run.tags({names.ERROR_TAG: _first_line(error)[:5000]})
+    run.text(traceback.format_exc(), "error/traceback.txt")
+    run.end("FAILED")
 
 
 def start_parent_run(tracking_cfg: TrackingConfig, name: str, tags: Mapping[str, str]) -> str:
     """A sweep's parent run, left RUNNING for its children; returns its id."""
     check_store(tracking_cfg)  # first: it loads MLflow (imports.mlflow)
-    from mlflow import MlflowClient
-
-    experiment = experiment_id(tracking_cfg)
+    sink = open_sink(tracking_cfg)
+    tags = {key: mask(value) for key, value in {**tags, **environment_tags()}.items()}
     try:
-        run = MlflowClient().create_run(experiment, run_name=name, tags={**tags, **environment_tags()})
+        run = rider(tracking_cfg).call(
+            lambda: sink.client.create_run(
+                sink.experiment(tracking_cfg.experiment, names.EXPERIMENT_KIND), run_name=name, tags=tags
+            )
+        )
     except Exception as error:
-        raise TrackingError(f"cannot start a run in {_store_uri()}: {_first_line(error)}") from error
+        raise TrackingError(f"cannot start a run in {mask(sink.uri)}: {_first_line(error)}") from error
     return run.info.run_id
 
 
@@ -203,31 +259,28 @@ def record_failed_run(
     tracking_cfg: TrackingConfig, sweep: SweepContext, overrides: Sequence[str], error: BaseException
 ) -> None:
     """A sweep's job that failed before its run opened (bad value, bad data) still gets a FAILED child."""
-    from mlflow import MlflowClient
-
-    use_store(tracking_cfg)
-    client = MlflowClient()
+    tags = {
+        names.ERROR_TAG: mask(f"{error.__class__.__name__}: {error}")[:5000],
+        "mnistexp.overrides": mask(" ".join(overrides)),
+        CONFIG_GROUP_TAG: _unvalidated_group(overrides),
+    }
     with interrupts.held():  # created and ended whole
         try:
-            parent = client.get_run(sweep.parent_run_id)
-            run = client.create_run(
-                parent.info.experiment_id,
-                run_name=sweep.run_name(list(overrides)),
-                tags={
-                    "mlflow.parentRunId": sweep.parent_run_id,
-                    "mnistexp.error": f"{error.__class__.__name__}: {error}"[:5000],
-                    "mnistexp.overrides": " ".join(overrides),
-                },
-            )
-            for item in overrides:  # what was asked for, so the summary table shows the failed values
-                key, _, value = item.lstrip("+~").partition("=")
-                client.log_param(run.info.run_id, key, value)
-            client.log_text(run.info.run_id, "".join(traceback.format_exception(error)), "error/traceback.txt")
-            client.set_terminated(run.info.run_id, "FAILED")
+            run = open_run(tracking_cfg, sweep.run_name(list(overrides)), tags, sweep.parent_run_id)
+            # what was asked for, so the summary table shows the failed values
+            run.params({item.lstrip("+~").partition("=")[0]: item.partition("=")[2] for item in overrides})
+            run.text("".join(traceback.format_exception(error)), "error/traceback.txt")
+            run.end("FAILED")
         except Exception as tracking_error:
             raise TrackingError(
-                f"could not record the failed job in {_store_uri()}: {_first_line(tracking_error)}"
+                f"could not record the failed job in {mask(_store_uri())}: {_first_line(tracking_error)}"
             ) from tracking_error
+
+
+def _unvalidated_group(overrides: Sequence[str]) -> str:
+    """A config group for a job refused before its config was known: its overrides without the seed."""
+    kept = sorted(item for item in overrides if item.lstrip("+~").partition("=")[0] != "seed")
+    return "overrides:" + hashlib.sha256(" ".join(kept).encode()).hexdigest()
 
 
 def _store_uri() -> str:
@@ -238,20 +291,20 @@ def _store_uri() -> str:
 
 def find_finished_run(tracking_cfg: TrackingConfig, config_digest: str) -> str | None:
     """The newest FINISHED run in the experiment whose config digest matches, if any."""
-    import mlflow
-
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id(tracking_cfg)],
-        filter_string=f"tags.`mnistexp.config_sha256` = '{config_digest}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
+    sink = open_sink(tracking_cfg)
+    runs = rider(tracking_cfg).call(
+        lambda: sink.client.search_runs(
+            [sink.experiment(tracking_cfg.experiment, names.EXPERIMENT_KIND)],
+            filter_string=f"tags.`mnistexp.config_sha256` = '{config_digest}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
     )
     return runs[0].info.run_id if runs else None
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
+    text = mask(str(error)).strip().splitlines()
     return f"{error.__class__.__name__}: {text[0] if text else ''}"
 
 

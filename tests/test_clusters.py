@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from .helpers import MNISTEXP, REPO_ROOT, TINY, all_runs, clean_env, only_children
+from .helpers import MNISTEXP, REPO_ROOT, TINY, SocketWatch, all_runs, clean_env, only_children, process_tree
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,6 @@ RAY_LOOPBACK = {
     "no_proxy": "127.0.0.1,localhost,::1",
     "NO_PROXY": "127.0.0.1,localhost,::1",
 }
-LOOPBACK = ("127.", "[::1]:", "[::ffff:127.")
-NO_PEER = ("*:*", "0.0.0.0:*", "[::]:*")  # a listening socket's peer
 RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "DashboardA", "RuntimeEnv", "mnistexp")
 
 
@@ -44,19 +42,6 @@ def sourced(env_file: Path) -> dict[str, str]:
 
 def sweep(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([MNISTEXP, "-m", *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
-
-
-def off_loopback_sockets(process_words: tuple[str, ...]) -> list[str]:
-    """TCP sockets of processes whose name contains one of the words, with an address off loopback."""
-    lines = subprocess.run(["ss", "-Htanp"], capture_output=True, text=True, check=True).stdout.splitlines()
-    found = []
-    for line in lines:
-        if not any(word in line for word in process_words):
-            continue
-        local, peer = line.split()[3:5]
-        if not local.startswith(LOOPBACK) or not (peer.startswith(LOOPBACK) or peer in NO_PEER):
-            found.append(line)
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +64,18 @@ def test_a_sweep_on_a_ray_cluster_nests_every_job_under_one_parent(ray_head, tmp
     env = clean_env(**ray_head)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # The head's workers have the head's environment: the store and the data come with the sweep.
-    done = sweep(
-        tmp_path,
-        env,
-        "hydra/launcher=ray",
-        f"hydra.launcher.ray.init.address={ray_head['RAY_CI_ADDRESS']}",
-        "model.hidden_units=0,16,32",
-        f"data.path={mnist_path}",
-        *TINY,
-    )
+    with SocketWatch(lambda pids, line: any(word in line for word in RAY_PROCESSES)) as sockets:
+        done = sweep(
+            tmp_path,
+            env,
+            "hydra/launcher=ray",
+            f"hydra.launcher.ray.init.address={ray_head['RAY_CI_ADDRESS']}",
+            "model.hidden_units=0,16,32",
+            f"data.path={mnist_path}",
+            *TINY,
+        )
     assert done.returncode == 0, done.stderr[-4000:]
-    assert off_loopback_sockets(RAY_PROCESSES) == []
+    assert sockets.seen and sockets.off_loopback == []  # TCP and UDP, for the whole sweep
     parent, children = only_children(MlflowClient(uri))
     assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_finished"] == 3
     assert sorted(child.data.params["model.hidden_units"] for child in children) == ["0", "16", "32"]
@@ -117,22 +103,25 @@ def test_a_job_that_raises_on_ray_is_a_failed_child_and_the_sweep_exits_1(ray_he
     assert parent.info.status == "FAILED"
 
 
-def test_a_sweep_on_ray_started_inside_the_process(tmp_path, mnist_path):
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
-    try:
-        env = clean_env(**RAY_LOOPBACK, RAY_AUTH_MODE="disabled", MNISTEXP_DATA=str(mnist_path))
-        done = sweep(
-            tmp_path,
-            env,
-            "hydra/launcher=ray",
-            f"+hydra.launcher.ray.init._temp_dir={temp_dir}",
-            "+hydra.launcher.ray.init.num_cpus=2",
-            "model.hidden_units=0,16,32",
-            *TINY,
-        )
-        assert done.returncode == 0, done.stderr[-4000:]
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+def test_a_sweep_on_ray_started_inside_the_process_stays_on_loopback(tmp_path, mnist_path):
+    """The README's first Ray command, as a user types it (no Ray settings in the environment): every
+    socket of the driver and of every process Ray starts, TCP and UDP, polled for the whole sweep."""
+    home = tmp_path / "home"  # Ray writes ~/.ray/auth_token when it has to make its own token
+    home.mkdir()
+    process = subprocess.Popen(
+        [MNISTEXP, "-m", "hydra/launcher=ray", "model.hidden_units=0,16,32", *TINY],
+        cwd=tmp_path,
+        env=clean_env(MNISTEXP_DATA=str(mnist_path), HOME=str(home)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    with SocketWatch(lambda pids, line: bool(pids & process_tree(process.pid))) as sockets:
+        output = process.communicate(timeout=900)[0]
+    assert process.returncode == 0, output[-4000:]
+    assert len(sockets.seen) >= 5  # the watch saw Ray's servers at all
+    assert sockets.off_loopback == []
+    assert not (home / ".ray").exists()  # the token was the sweep's own, not ~/.ray/auth_token
     parent, children = only_children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert parent.info.status == "FINISHED" and len(children) == 3
     assert all(child.info.status == "FINISHED" for child in children)

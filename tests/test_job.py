@@ -132,7 +132,7 @@ def test_the_splits_are_logged_as_datasets_and_summarised(finished):
 
 def test_the_logged_model_predicts_raw_images_at_the_logged_accuracy(finished):
     mlflow.set_tracking_uri(finished["store"])
-    [logged] = mlflow.search_logged_models(output_format="list")
+    [logged] = mlflow.search_logged_models(experiment_ids=[finished["run"].info.experiment_id], output_format="list")
     assert logged.source_run_id == finished["run"].info.run_id
     model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
     with np.load(finished["config"].data.path) as data:

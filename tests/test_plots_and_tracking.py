@@ -58,31 +58,28 @@ def test_run_page_opens_the_model_training_view():
     assert run_page("http://host:8080/", "2", "r").startswith("http://host:8080/#/experiments/2/runs/r?")
 
 
-@pytest.mark.parametrize("moment", ["start_run", "end_run"])
+@pytest.mark.parametrize("moment", ["create_run", "set_terminated"])
 def test_a_signal_while_a_run_opens_or_ends_leaves_it_ended(tmp_path, compose_cfg, monkeypatch, moment):
-    """The windows the sweep-level signal test cannot hit on purpose: a signal delivered inside
-    mlflow.start_run (the run exists, its id not yet held) or inside mlflow.end_run."""
-    import mlflow
-
+    """The windows the sweep-level signal test cannot hit on purpose: a signal delivered inside the
+    store's create_run (the run exists, its id not yet held) or inside its set_terminated."""
     from mnistexp import tracking
     from mnistexp.config import validate
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = validate(compose_cfg(f"tracking.uri={store}"))
-    mlflow.set_tracking_uri(store)
-    real = getattr(mlflow, moment)
+    real = getattr(MlflowClient, moment)
 
     def interrupted(*args, **kwargs):
         result = real(*args, **kwargs)  # done, then Ctrl-C lands before the caller sees the result
         signal.raise_signal(signal.SIGINT)
         return result
 
-    monkeypatch.setattr(mlflow, moment, interrupted)
+    monkeypatch.setattr(MlflowClient, moment, interrupted)
     with pytest.raises(KeyboardInterrupt), tracking.mlflow_run(config.tracking, "signalled", {}):
         pass
-    monkeypatch.setattr(mlflow, moment, real)
+    monkeypatch.setattr(MlflowClient, moment, real)
     [run] = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("mnistexp").experiment_id])
-    assert run.info.status == ("KILLED" if moment == "start_run" else "FINISHED")
+    assert run.info.status == ("KILLED" if moment == "create_run" else "FINISHED")
 
 
 def test_a_sweep_whose_end_callback_a_signal_cut_short_is_ended_when_hydra_returns(tmp_path, compose_cfg):

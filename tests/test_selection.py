@@ -84,14 +84,15 @@ def test_compare_ranks_by_the_runs_selection_metric_and_hides_result_neutral_key
     header = lines[1].split()
     assert header[:5] == ["run_id", "run", "status", "model.hidden_units", "val_accuracy"]
     assert "tracking.skip_finished" not in header
-    assert [line.split()[1] for line in lines[2:]] == ["b", "c", "a", "d"]
+    assert [line.split()[1] for line in lines[2:-1]] == ["b", "c", "a", "d"]
+    assert lines[-1] == "one run per configuration, no interval"
 
 
 def test_compare_by_another_metric_and_direction(store, capsys):
     assert runs_cli.main(["--tracking-uri", store, "compare", "--metric", "val_loss", "--mode", "max"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "ranked by val_loss (max)"
-    assert [line.split()[1] for line in lines[2:]] == ["a", "c", "b", "d"]
+    assert [line.split()[1] for line in lines[2:-1]] == ["a", "c", "b", "d"]
     assert runs_cli.main(["--tracking-uri", store, "compare", "--metric", "test_accuracy"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "ranked by test_accuracy (max), selected on test data"
 

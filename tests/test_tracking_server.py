@@ -1,0 +1,320 @@
+"""A real `mlflow server` on 127.0.0.1 that restarts, stays away, and asks for a password: runs ride
+the outage out or wait in the spool for `mnistexp-runs sync`, and no password reaches any file."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from .conftest import free_port
+from .helpers import MNISTEXP, MNISTEXP_RUNS, clean_env, only_children
+
+pytestmark = pytest.mark.slow
+
+SWEEP = [
+    "-m",
+    "model.hidden_units=0,32,64",
+    "trainer.epochs=3",
+    "trainer.limit_train_samples=20000",
+    "trainer.limit_test_samples=1000",
+    "trainer.verbose=2",
+    "tracking.log_model=true",
+]
+
+
+class Server:
+    """`mlflow server` on one loopback port that a test can stop and start again."""
+
+    def __init__(self, workdir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.workdir, self.port, self.extra, self.env = workdir, free_port(), extra, env or {}
+        self.db = workdir / "server.db"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.db}",
+            "--artifacts-destination",
+            str(self.workdir / "server-artifacts"),
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            *self.extra,
+        ]
+        log = (self.workdir / "server.log").open("a")
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=clean_env(**self.env)
+        )
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            assert self.process.poll() is None, (self.workdir / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, 9)  # as a crash would: no clean shutdown
+            self.process.wait(timeout=60)
+        self.process = None
+
+    def child_training(self, index: int) -> bool:
+        """Whether the index-th child run is RUNNING with an epoch logged (read from the server's own file)."""
+        try:
+            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=0.2) as db:
+                runs = db.execute(
+                    "SELECT runs.run_uuid, runs.status FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+                    "WHERE tags.key = 'mlflow.parentRunId' ORDER BY runs.start_time"
+                ).fetchall()
+                if len(runs) <= index or runs[index][1] != "RUNNING":
+                    return False
+                return bool(db.execute(f"SELECT 1 FROM metrics WHERE run_uuid = '{runs[index][0]}'").fetchall())
+        except sqlite3.Error:
+            return False
+
+
+@pytest.fixture
+def server(tmp_path):
+    made = Server(tmp_path)
+    made.start()
+    yield made
+    made.stop()
+
+
+def start_sweep(tmp_path: Path, mnist_path: Path, url: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [MNISTEXP, *SWEEP, *extra],
+        cwd=tmp_path,
+        env=clean_env(MNISTEXP_DATA=str(mnist_path), MLFLOW_TRACKING_URI=url, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_until(condition, process: subprocess.Popen, seconds: float = 600) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, "the sweep ended first"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def assert_complete(url: str, jobs: int) -> None:
+    """The parent FINISHED with its summary, every child FINISHED with every epoch and its model."""
+    client = MlflowClient(url)
+    parent, children = only_children(client)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_finished"] == jobs
+    assert "mnistexp.best_run_id" in parent.data.tags
+    assert {item.path for item in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/summary.csv"}
+    assert len(children) == jobs
+    for child in children:
+        assert child.info.status == "FINISHED", child.info.run_name
+        for name in ("loss", "accuracy"):
+            assert [point.step for point in client.get_metric_history(child.info.run_id, name)] == [0, 1, 2]
+        assert "test_accuracy" in child.data.metrics
+        assert {item.path for item in client.list_artifacts(child.info.run_id, "plots")} >= {
+            "plots/confusion_matrix.png"
+        }
+        [model] = client.search_logged_models(
+            [child.info.experiment_id], filter_string=f"source_run_id = '{child.info.run_id}'"
+        )
+        assert str(model.status) == "READY"
+
+
+def test_a_server_restart_in_the_middle_of_a_job_is_ridden_out(server, tmp_path, mnist_path):
+    process = start_sweep(tmp_path, mnist_path, server.url)
+    wait_until(lambda: server.child_training(1), process)  # job 2 has logged an epoch
+    server.stop()
+    time.sleep(10)
+    server.start()
+    output = process.communicate(timeout=900)[0]
+    assert process.returncode == 0, output[-4000:]
+    assert output.count("does not answer: waiting up to") == 1 and output.count("answers again after") == 1
+    assert "Traceback" not in output and "View run" not in output and "View experiment" not in output
+    assert_complete(server.url, jobs=3)
+    assert not (tmp_path / "mnistexp-spool").exists()
+
+
+def test_past_the_grace_runs_wait_in_the_spool_and_sync_delivers_them_once(server, tmp_path, mnist_path):
+    process = start_sweep(tmp_path, mnist_path, server.url, "tracking.outage_grace_seconds=5")
+    wait_until(lambda: server.child_training(0), process)
+    server.stop()  # and it stays away until the sweep has ended
+    output = process.communicate(timeout=900)[0]
+    assert process.returncode == 0, output[-4000:]
+    assert "Traceback" not in output
+    [closing] = [line for line in output.splitlines() if "runs are kept in the spool" in line]
+    assert "mnistexp-runs sync" in closing and str(tmp_path / "mnistexp-spool") in closing
+    server.start()
+
+    sync = [MNISTEXP_RUNS, "--tracking-uri", server.url, "sync"]
+    first = subprocess.run(sync, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "synced 3 runs" in first.stdout
+    assert_complete(server.url, jobs=3)
+    client = MlflowClient(server.url)
+    before = {
+        run.info.run_id: len(client.get_metric_history(run.info.run_id, "loss")) for run in only_children(client)[1]
+    }
+    again = subprocess.run(sync, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "nothing to sync" in again.stdout
+    assert before == {
+        run.info.run_id: len(client.get_metric_history(run.info.run_id, "loss")) for run in only_children(client)[1]
+    }
+    assert not (tmp_path / "mnistexp-spool").exists()
+
+
+AUTH_PASSWORD = "a-long-admin-password"
+
+
+@pytest.fixture
+def auth_server(tmp_path):
+    config = tmp_path / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\nadmin_password = {AUTH_PASSWORD}\n"
+    )
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    made = Server(tmp_path, "--app-name", "basic-auth", env=env)
+    made.start()
+    created = requests.post(
+        f"{made.url}/api/2.0/mlflow/users/create",
+        json={"username": "alice", "password": "alice-password-12"},
+        auth=("admin", AUTH_PASSWORD),
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    yield made
+    made.stop()
+
+
+TINY_RUN = [
+    "trainer.limit_train_samples=1000",
+    "trainer.limit_test_samples=200",
+    "trainer.epochs=1",
+    "trainer.verbose=0",
+]
+
+
+@pytest.mark.parametrize("credentials", [None, ("alice", "wrong-password-1234")], ids=["none", "wrong"])
+def test_an_authenticated_server_refuses_a_client_without_good_credentials_in_one_line(
+    auth_server, tmp_path, mnist_path, credentials
+):
+    env = {"MLFLOW_TRACKING_URI": auth_server.url, "MNISTEXP_DATA": str(mnist_path)}
+    if credentials:
+        env.update(MLFLOW_TRACKING_USERNAME=credentials[0], MLFLOW_TRACKING_PASSWORD=credentials[1])
+    done = subprocess.run(
+        [MNISTEXP, *TINY_RUN], cwd=tmp_path, env=clean_env(**env), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("mnistexp: error: ")]
+    assert auth_server.url in line and "refused our credentials (HTTP 401)" in line
+    listed = requests.get(
+        f"{auth_server.url}/api/2.0/mlflow/experiments/search",
+        params={"max_results": 100},
+        auth=("admin", AUTH_PASSWORD),
+        timeout=30,
+    ).json()
+    assert [experiment["name"] for experiment in listed.get("experiments", [])] == ["Default"]  # nothing written
+
+
+def test_an_authenticated_server_serves_runs_sweeps_and_the_runs_command(auth_server, tmp_path, mnist_path):
+    env = clean_env(
+        MLFLOW_TRACKING_URI=auth_server.url,
+        MLFLOW_TRACKING_USERNAME="alice",
+        MLFLOW_TRACKING_PASSWORD="alice-password-12",
+        MNISTEXP_DATA=str(mnist_path),
+    )
+    sweep = subprocess.run(
+        [MNISTEXP, "-m", "model.hidden_units=0,16", *TINY_RUN],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    compared = subprocess.run(
+        [MNISTEXP_RUNS, "compare"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert compared.stdout.splitlines()[0] == "ranked by test_accuracy (max), selected on test data"
+    assert len(compared.stdout.splitlines()) == 2 + 2 + 1  # title, header, two runs, the no-interval line
+    client_env = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": AUTH_PASSWORD}
+    os.environ.update(client_env)
+    try:
+        parent, children = only_children(MlflowClient(auth_server.url))
+    finally:
+        for name in client_env:
+            os.environ.pop(name)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert all(child.info.status == "FINISHED" for child in children)
+
+
+def test_no_password_reaches_the_store_a_pinned_file_hydras_files_or_the_console(tmp_path, mnist_path):
+    database = os.environ.get("MNISTEXP_TEST_POSTGRES_URI")
+    if not database:
+        pytest.skip("set MNISTEXP_TEST_POSTGRES_URI to an empty PostgreSQL database with a password (.ci/run)")
+    password = database.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    assert len(password) >= 8
+    env = clean_env(MNISTEXP_DATA=str(mnist_path))
+    run = subprocess.run(
+        [
+            MNISTEXP,
+            "-m",
+            "model.hidden_units=0",
+            f"tracking.uri={database}",
+            "tracking.experiment=no-secrets",
+            *TINY_RUN,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:].replace(password, "***")
+    client = MlflowClient(database)
+    parent, [child] = only_children(client, "no-secrets")  # the database is shared with other tests
+    pin = subprocess.run(
+        [MNISTEXP_RUNS, "--tracking-uri", database, "pin", child.info.run_id, "best"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pin.returncode == 0, pin.stderr[-3000:].replace(password, "***")
+    seen = [run.stdout, run.stderr, pin.stdout, pin.stderr]
+    for logged in (parent, child):
+        seen += [*logged.data.params.values(), *logged.data.tags.values()]
+        downloaded = Path(client.download_artifacts(logged.info.run_id, "", str(tmp_path / logged.info.run_id)))
+        seen += [file.read_text(errors="replace") for file in downloaded.rglob("*") if file.is_file()]
+    seen += [file.read_text(errors="replace") for file in tmp_path.rglob("*.yaml")]  # the pin, Hydra's .hydra/
+    seen += [file.read_text(errors="replace") for file in tmp_path.rglob("*.log")]
+    assert child.data.params["tracking.uri"] == database.replace(password, "***")
+    assert (tmp_path / "experiments" / "best.yaml").is_file() and list(tmp_path.rglob(".hydra/overrides.yaml"))
+    leaks = [text[:200] for text in seen if password in text]
+    assert leaks == []
