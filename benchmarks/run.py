@@ -25,6 +25,7 @@ import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 MODELS = {0: "A (784-10)", 100: "B (784-100-10)"}
@@ -50,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per measurement (median)")
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"), help="the Markdown report")
     parser.add_argument("--whole-run", action="store_true", help="also time whole commands (several minutes)")
-    parser.add_argument("--worker", nargs=2, metavar=("TRAINER", "HIDDEN"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--trainers",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=list(TRAINERS),
+        help=f"the trainers to time, comma-separated (default: all of {','.join(TRAINERS)})",
+    )
+    parser.add_argument("--worker", nargs=2, metavar=("TRAINER", "HIDDENS"), help=argparse.SUPPRESS)
     parser.add_argument("--gemm-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -58,13 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     if not settings["data_path"]:
         parser.error("set MNISTEXP_DATA to the MNIST .npz file: the benchmark reads it, it never downloads")
     if args.worker:
-        print(json.dumps(_measure(args.worker[0], int(args.worker[1]), settings)))
+        trainer, hiddens = args.worker
+        print(json.dumps([_measure(trainer, int(hidden), settings) for hidden in hiddens.split(",")]))
         return 0
     if args.gemm_worker:
         print(json.dumps(_gemm_rates()))
         return 0
 
-    training = _training_rows(settings)
+    unknown = sorted(set(args.trainers) - set(TRAINERS))
+    if unknown:
+        parser.error(f"--trainers: no trainer {', '.join(unknown)} (choose from {', '.join(TRAINERS)})")
+    training = _training_rows(settings, args.trainers)
     gemm = _in_fresh_process(["--gemm-worker"], settings)
     whole = _whole_run(settings) if args.whole_run else None
     report = _report(training, gemm, whole, settings, " ".join(["python benchmarks/run.py", *(argv or sys.argv[1:])]))
@@ -102,7 +113,7 @@ def _installed(package: str) -> bool:
         return False
 
 
-def _in_fresh_process(arguments: list[str], settings: dict) -> dict:
+def _in_fresh_process(arguments: list[str], settings: dict) -> Any:
     command = [sys.executable, str(Path(__file__).resolve()), *arguments, *(["--quick"] if settings["quick"] else [])]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if done.returncode != 0:
@@ -110,23 +121,18 @@ def _in_fresh_process(arguments: list[str], settings: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _training_rows(settings: dict) -> list[dict]:
-    """Every trainer on both models, round after round, each measurement in a fresh process."""
+def _training_rows(settings: dict, trainers: list[str]) -> list[dict]:
+    """The trainers on both models, round after round, each measurement in a fresh process (with
+    --quick, one process per trainer measures both models: it only shows that every trainer runs)."""
+    chosen = {name: TRAINERS[name] for name in trainers}
+    runnable = [name for name, (_, package) in chosen.items() if _installed(package)]
+    runnable = [name for name in runnable if not (settings["quick"] and name in QUICK_SKIPS)]
+    runs = _measurements(settings, runnable)
     rows = []
     for hidden, model in MODELS.items():
-        runs: dict[str, list[dict]] = {name: [] for name in TRAINERS}
-        for round_number in range(settings["rounds"]):
-            for name, (label, package) in TRAINERS.items():
-                if (settings["quick"] and name in QUICK_SKIPS) or not _installed(package):
-                    continue
-                if round_number and name in ONE_ROUND:
-                    continue
-                print(f"round {round_number + 1}: {label} on model {model} ...", flush=True)
-                runs[name].append(_in_fresh_process(["--worker", name, str(hidden)], settings))
-                print(f"    {runs[name][-1]}", flush=True)
-        for name, (label, package) in TRAINERS.items():
+        for name, (label, package) in chosen.items():
             row = {"model": model, "hidden": hidden, "trainer": name, "label": label}
-            measured = runs[name]
+            measured = runs.get((hidden, name), [])
             if settings["quick"] and name in QUICK_SKIPS:
                 rows.append({**row, "skipped": QUICK_SKIPS[name]})
             elif not _installed(package):
@@ -136,6 +142,32 @@ def _training_rows(settings: dict) -> list[dict]:
             else:
                 rows.append({**row, **_median_row(measured, settings)})
     return rows
+
+
+def _measurements(settings: dict, trainers: list[str]) -> dict[tuple[int, str], list[dict]]:
+    """(hidden, trainer) -> its measurements, the trainers taking turns round after round."""
+    runs: dict[tuple[int, str], list[dict]] = {}
+    if settings["quick"]:
+        for name in trainers:
+            print(f"{TRAINERS[name][0]} on both models ...", flush=True)
+            measured = _in_fresh_process(["--worker", name, ",".join(map(str, MODELS))], settings)
+            for index, hidden in enumerate(MODELS):
+                runs[(hidden, name)] = [measured if "error" in measured else measured[index]]
+        return runs
+    for hidden, model in MODELS.items():
+        for round_number in range(settings["rounds"]):
+            for name in trainers:
+                if round_number and name in ONE_ROUND:
+                    continue
+                print(f"round {round_number + 1}: {TRAINERS[name][0]} on model {model} ...", flush=True)
+                [measured] = _as_list(_in_fresh_process(["--worker", name, str(hidden)], settings))
+                runs.setdefault((hidden, name), []).append(measured)
+                print(f"    {measured}", flush=True)
+    return runs
+
+
+def _as_list(measured: Any) -> list:
+    return measured if isinstance(measured, list) else [measured]
 
 
 def _median_row(measured: list[dict], settings: dict) -> dict:

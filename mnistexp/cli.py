@@ -15,8 +15,10 @@ from mnistexp.masking import hide_in_overrides
 
 def main() -> None:
     interrupts.install()  # before Hydra, TensorFlow and MLflow load: a signal then is answered like any other
+    interrupts.pause_at(os.environ.get("MNISTEXP_TEST_PAUSE_AT"))  # the signal tests' hook (interrupts.phase)
     sys.argv[1:] = hide_in_overrides(sys.argv[1:], os.environ)  # passwords stay out of Hydra's files
     try:
+        interrupts.phase("importing the libraries")
         with imports.loaded_for_good("mnistexp.app"):  # Hydra and OmegaConf
             from mnistexp.app import run_command
 

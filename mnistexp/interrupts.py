@@ -6,6 +6,7 @@ import contextlib
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
@@ -19,6 +20,8 @@ _pending: int | None = None  # a signal held back, raised at the next safe point
 _deferring = 0  # depth of `deferred()` sections: a first signal waits, a second one breaks through
 _holding = 0  # depth of `held()` sections: every signal waits
 _settled = False  # the outcome is written: later signals change nothing
+_pause_at: tuple[str, int] | None = None  # the test hook: (phase, occurrence) to wait at for a signal
+_phases_seen: dict[str, int] = {}
 
 
 def _as_exception(signum: int) -> KeyboardInterrupt:
@@ -119,6 +122,32 @@ def settle() -> int | None:
     global _settled
     _settled = True
     return _received
+
+
+def pause_at(moment: str | None) -> None:
+    """The test hook: `phase NAME` (or `NAME@N`, its Nth time) says so on stderr and waits there, up to a
+    minute, for a signal. The signal tests use it to know the phase a signal lands in from the code
+    itself, not from timing. The CLI sets it from MNISTEXP_TEST_PAUSE_AT."""
+    global _pause_at
+    if not moment:
+        _pause_at = None
+        return
+    name, _, count = moment.partition("@")
+    _pause_at = (name, int(count or 1))
+    _phases_seen.clear()
+
+
+def phase(name: str) -> None:
+    """A named moment of a command's life (see pause_at); nothing happens unless a test asks for it."""
+    if _pause_at is None or _pause_at[0] != name:
+        return
+    _phases_seen[name] = _phases_seen.get(name, 0) + 1
+    if _phases_seen[name] != _pause_at[1]:
+        return
+    print(f"mnistexp-phase: {name}@{_pause_at[1]}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + 60
+    while _received is None and time.monotonic() < deadline:  # a signal here acts as it would at this point
+        time.sleep(0.005)
 
 
 def reset() -> None:

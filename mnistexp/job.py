@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mnistexp import console, imports
+from mnistexp import console, imports, interrupts
 from mnistexp import data as data_lib
 from mnistexp.config import MnistexpConfig, config_digest, group_digest, parameter_count, selection_of
 from mnistexp.names import CONFIG_GROUP_TAG
@@ -39,6 +39,7 @@ def run(
     class_names = list(cfg.data.class_names)
     console.quiet_libraries(verbose)
     # Data first: a missing or corrupt file fails before TensorFlow loads or a run is opened.
+    interrupts.phase("loading the data")
     loaded = data_lib.load(cfg.data, verbose)
     data = loaded.limit(cfg.trainer.limit_train_samples, cfg.trainer.limit_test_samples)
     data = data.split_validation(cfg.data.validation_size, cfg.seed)
@@ -56,6 +57,7 @@ def run(
         if earlier is not None:
             return earlier
 
+    interrupts.phase("importing TensorFlow")
     imports.tensorflow(verbose)
     from mnistexp import evaluate, plots, records, train
     from mnistexp import model as model_lib
@@ -80,9 +82,12 @@ def run(
         records.log_model_setup(run, model)
         fitted = train.fit(model, data, cfg.trainer, [records.epoch_metrics_callback(run)], cfg.seed)
         records.log_fit(run, fitted)
+        interrupts.phase("evaluating")
         results = evaluate.evaluate(model, data, cfg.trainer, cfg.data)
+        interrupts.phase("logging the model")
         logged_model = records.log_model(run, model, cfg.data.image_shape) if cfg.tracking.log_model else None
         records.log_evaluation(run, results, class_names, logged_model)
+        interrupts.phase("logging the plots")
         for name, figure in (
             ("confusion_matrix", plots.confusion_heatmap(results.confusion, class_names, results.accuracy)),
             (

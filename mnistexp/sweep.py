@@ -95,6 +95,7 @@ class MlflowSweep(Callback):
         from mnistexp import search, tracking
 
         with interrupts.held():  # the parent exists and is known here, or neither
+            interrupts.phase("composing the sweep")
             keys, size = sweep_plan(config)
             tracking_cfg = typed(config.tracking, TrackingConfig)
             selection = Selection.from_config(
@@ -168,6 +169,9 @@ class MlflowSweep(Callback):
                 of,
                 mask(" ".join(config.hydra.overrides.task)) or "(no overrides)",
             )
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        interrupts.phase("between jobs")
 
     def on_multirun_end(self, config: DictConfig | None, **kwargs: Any) -> None:
         in_flight = sys.exc_info()[1]  # Hydra calls this from a `finally`: an interrupt may be on its way up

@@ -34,6 +34,7 @@ def finish_parent_run(
     from mnistexp import interrupts, summary, tracking
     from mnistexp.outages import RidingClient
 
+    interrupts.phase("writing the summary")
     tracking.use_store(tracking_cfg)
     client: Any = RidingClient(MlflowClient(), tracking.rider(tracking_cfg))  # an outage now is waited out
     parent = client.get_run(parent_run_id)

@@ -199,6 +199,7 @@ def mlflow_run(
     run = None
     try:
         with interrupts.held():
+            interrupts.phase("opening the run")
             run = open_run(tracking_cfg, run_name, tags, parent_run_id, experiment)
         with interrupts.deferred():
             yield run

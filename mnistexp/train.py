@@ -333,5 +333,8 @@ class _StopAtBatchEnd(keras.callbacks.Callback):
     signal interrupts at once.
     """
 
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        interrupts.phase("training")
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         interrupts.check()

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from mnistexp.config import compose
 
@@ -19,6 +20,10 @@ from .helpers import MNISTEXP, REPO_ROOT, clean_env
 
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
 pytest_plugins = ["pytester", "tests.ci_policy"]  # ci_policy: under CI, a skip that names no environment fails
+
+# Under CI the property tests draw the same examples every run: a red CI is then reproducible.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from .helpers import MNISTEXP, REPO_ROOT, TINY, SocketWatch, all_runs, clean_env, only_children, process_tree
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("clusters")]
 
 # What keeps Ray on loopback (see .ci/ray): no "node IP" found by dialling out, no usage report,
 # and the cloud-metadata probe sent to a closed loopback port.
@@ -207,6 +207,6 @@ def test_a_failed_and_a_cancelled_slurm_job_are_never_left_running(slurm, tmp_pa
     assert process.returncode != 0, output[-3000:]
     parent, children = only_children(store)
     statuses = {child.data.params["model.hidden_units"]: child.info.status for child in children}
-    assert statuses["-1"] == "FAILED" and statuses["0"] in ("KILLED", "FAILED"), statuses
-    assert parent.info.status in ("KILLED", "FAILED")
+    assert statuses == {"-1": "FAILED", "0": "KILLED"}  # the cancelled job ended its own run KILLED (README)
+    assert parent.info.status == "KILLED"
     assert "Traceback" not in output

@@ -288,3 +288,57 @@ def test_the_digest_is_the_sha256_of_every_array():
     for array in (split.x_train, split.y_train, split.x_val, split.y_val, split.x_test, split.y_test):
         expected.update(np.ascontiguousarray(array).tobytes())
     assert split.digest == expected.hexdigest()
+
+
+STANDIN = Path(__file__).parent / "download_standin"  # its sitecustomize answers keras.datasets' download
+TF_START_UP = "absl::InitializeLog"  # the first of TensorFlow's C++ start-up lines, on every machine
+
+
+def run_with_download_standin(tmp_path: Path, mnist_path: Path, *overrides: str, verbose: bool = False):
+    """`mnistexp` with no data.path and MNISTEXP_DATA unset: the README's default path, Keras's download,
+    here answered from the MNIST file by the stand-in."""
+    import os
+    import subprocess
+
+    from .helpers import MNISTEXP, TINY, clean_env
+
+    log = tmp_path / "downloads.txt"
+    env = {key: value for key, value in clean_env().items() if key != "MNISTEXP_DATA"}
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(STANDIN), env.get("PYTHONPATH")])),
+        MNISTEXP_TEST_DOWNLOAD=str(mnist_path),
+        MNISTEXP_TEST_DOWNLOAD_LOG=str(log),
+    )
+    done = subprocess.run(
+        [MNISTEXP, *TINY, *overrides, *(["hydra.verbose=true"] if verbose else [])],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return done, (log.read_text().split() if log.exists() else [])
+
+
+@pytest.mark.slow
+def test_the_keras_download_path_is_used_without_data_path_and_keeps_the_console_quiet(tmp_path, mnist_path):
+    done, downloads = run_with_download_standin(tmp_path, mnist_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert downloads == ["keras.datasets.mnist"]
+    assert "data: keras.datasets.mnist" in done.stdout + done.stderr
+    assert TF_START_UP not in done.stderr and "cpu_feature_guard" not in done.stderr  # quiet, before our lines
+    verbose, _ = run_with_download_standin(tmp_path, mnist_path, verbose=True)
+    assert verbose.returncode == 0 and TF_START_UP in verbose.stderr  # hydra.verbose=true shows them again
+
+
+@pytest.mark.slow
+def test_data_fashion_mnist_loads_keras_fashion_mnist(tmp_path, mnist_path):
+    done, downloads = run_with_download_standin(tmp_path, mnist_path, "data=fashion_mnist")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert downloads == ["keras.datasets.fashion_mnist"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("mnistexp").experiment_id])
+    assert run.data.params["data.name"] == "fashion_mnist"
+    assert run.data.params["data.class_names"].startswith("['T-shirt/top', 'Trouser'")

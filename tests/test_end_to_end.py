@@ -18,7 +18,10 @@ from mnistexp.records import flatten
 
 from .helpers import JOB_ARTIFACTS, MNISTEXP, clean_env
 
-pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("default-run"),
+]  # a subprocess per run on the MNIST file (the full suite)
 
 SLICE = ["trainer.limit_train_samples=3000", "trainer.limit_test_samples=1000", "trainer.epochs=2"]
 

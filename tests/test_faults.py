@@ -135,35 +135,43 @@ def test_a_failed_job_does_not_stop_a_sweep(run_cli, tmp_path):
     assert not [run for run in runs if run.info.status == "RUNNING"]
 
 
-def first_use(uri: str, barrier, results) -> None:
-    """One process's first use of the store, released with the others at the same instant."""
+def first_use(uris: list[str], barrier, results) -> None:
+    """One process's first use of each store in turn, released with the others at the same instant."""
     from mnistexp import tracking
     from mnistexp.config import compose
 
-    tracking_cfg = validate(compose([f"tracking.uri={uri}"])).tracking
+    configs = [validate(compose([f"tracking.uri={uri}"])).tracking for uri in uris]
     import mlflow  # loaded before the barrier, so the processes meet at the store, not in imports
 
-    mlflow.set_tracking_uri(uri)
-    barrier.wait(timeout=120)
-    try:
-        results.put(tracking.experiment_id(tracking_cfg))
-    except Exception as error:
-        results.put(f"{error.__class__.__name__}: {error}")
+    for uri, tracking_cfg in zip(uris, configs, strict=True):
+        mlflow.set_tracking_uri(uri)
+        barrier.wait(timeout=120)
+        try:
+            results.put((uri, tracking.experiment_id(tracking_cfg)))
+        except Exception as error:
+            results.put((uri, f"{error.__class__.__name__}: {error}"))
 
 
 def test_processes_opening_a_new_store_at_the_same_instant_all_succeed(tmp_path):
+    """Six processes meet at each of three new stores: without the lock they race on creating the
+    tables (alembic's "Online migration expected to match one row") or the experiment."""
     context = multiprocessing.get_context("spawn")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    processes = 4
+    uris = [f"sqlite:///{tmp_path / f'mlflow-{round_}.db'}" for round_ in range(3)]
+    processes = 6
     barrier, results = context.Barrier(processes), context.Queue()
-    workers = [context.Process(target=first_use, args=(uri, barrier, results)) for _ in range(processes)]
+    workers = [context.Process(target=first_use, args=(uris, barrier, results)) for _ in range(processes)]
     for worker in workers:
         worker.start()
-    answers = [results.get(timeout=300) for _ in workers]
+    answers = [results.get(timeout=300) for _ in range(processes * len(uris))]
     for worker in workers:
         worker.join(timeout=60)
-    assert len(set(answers)) == 1 and answers[0].isdigit(), answers  # one experiment, the same id for all
-    assert sorted(experiment.name for experiment in MlflowClient(uri).search_experiments()) == ["Default", "mnistexp"]
+    for uri in uris:
+        ids = {answer for store, answer in answers if store == uri}
+        assert len(ids) == 1 and next(iter(ids)).isdigit(), ids  # one experiment, the same id for all
+        assert sorted(experiment.name for experiment in MlflowClient(uri).search_experiments()) == [
+            "Default",
+            "mnistexp",
+        ]
 
 
 def test_the_runs_command_names_an_unreachable_store():
@@ -204,3 +212,43 @@ def test_evaluate_says_a_bad_data_file_in_one_line_before_loading_anything(tmp_p
     assert done.returncode == 2
     # Only the line: no TensorFlow start-up notice before it, no model looked for.
     assert done.stderr.splitlines() == [f"mnistexp-runs: error: {images_only}: missing arrays y_test (found: x_test)"]
+
+
+def test_a_server_that_accepts_but_never_answers_is_cut_off_within_the_http_timeout(run_cli, tmp_path):
+    """A listener that takes the connection and then says nothing: the first request gives up after
+    tracking.http_timeout, not after MLflow's minutes of retries."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_stay_silent() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_and_stay_silent, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        done = run_cli(*TINY, f"tracking.uri=http://127.0.0.1:{port}", "tracking.http_timeout=2", check=False)
+        seconds = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for connection in held:
+            connection.close()
+        listener.close()
+    assert_one_clear_line(done, f"http://127.0.0.1:{port}")
+    assert done.returncode == 2 and "ReadTimeout" in done.stderr
+    assert held, "the client never connected"
+    assert seconds < 30  # about the 2 s timeout and the process's own start, not minutes

@@ -14,6 +14,8 @@ from mlflow import MlflowClient
 
 from .helpers import REPO_ROOT, TINY, clean_env, only_children
 
+pytestmark = pytest.mark.xdist_group("wheel")  # tests that share this module's fixtures run on one worker
+
 
 def test_every_config_group_is_packaged():
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())

@@ -58,8 +58,31 @@ def test_run_page_opens_the_model_training_view():
     assert run_page("http://host:8080/", "2", "r").startswith("http://host:8080/#/experiments/2/runs/r?")
 
 
+@pytest.fixture
+def ctrl_c():
+    """SIGINT with its usual meaning for the test, as mnistexp's CLI would find it: a shell starts a
+    background job (as CI may start pytest) with SIGINT ignored, and a signal raised then does nothing."""
+    import signal as signals
+
+    before = signals.signal(signals.SIGINT, signals.default_int_handler)
+    yield
+    signals.signal(signals.SIGINT, before)
+
+
+def test_a_second_signal_interrupts_at_once_where_the_first_waits(ctrl_c):
+    from mnistexp import interrupts
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred():
+        signal.raise_signal(signal.SIGINT)  # the first: remembered, training goes on
+        reached.append("after the first")
+        signal.raise_signal(signal.SIGINT)  # the second: raised here, at once
+        reached.append("after the second")
+    assert reached == ["after the first"] and interrupts.received() == signal.SIGINT
+
+
 @pytest.mark.parametrize("moment", ["create_run", "set_terminated"])
-def test_a_signal_while_a_run_opens_or_ends_leaves_it_ended(tmp_path, compose_cfg, monkeypatch, moment):
+def test_a_signal_while_a_run_opens_or_ends_leaves_it_ended(tmp_path, compose_cfg, monkeypatch, moment, ctrl_c):
     """The windows the sweep-level signal test cannot hit on purpose: a signal delivered inside the
     store's create_run (the run exists, its id not yet held) or inside its set_terminated."""
     from mnistexp import tracking
@@ -82,7 +105,7 @@ def test_a_signal_while_a_run_opens_or_ends_leaves_it_ended(tmp_path, compose_cf
     assert run.info.status == ("KILLED" if moment == "create_run" else "FINISHED")
 
 
-def test_a_sweep_whose_end_callback_a_signal_cut_short_is_ended_when_hydra_returns(tmp_path, compose_cfg):
+def test_a_sweep_whose_end_callback_a_signal_cut_short_is_ended_when_hydra_returns(tmp_path, compose_cfg, ctrl_c):
     """Hydra lets a KeyboardInterrupt out of its callbacks: one that lands after the last job, before
     `on_multirun_end` holds signals, skips the summary, and `end_open_sweeps` (the app calls it once
     Hydra has returned) ends the parent KILLED with it."""
@@ -100,12 +123,15 @@ def test_a_sweep_whose_end_callback_a_signal_cut_short_is_ended_when_hydra_retur
         None,
     )
     sweep._open_sweeps.append(callback)  # as on_multirun_start leaves it
-    with pytest.raises(KeyboardInterrupt), interrupts.held():
-        signal.raise_signal(signal.SIGINT)  # received; raised when the held section ends
-    assert MlflowClient(store).get_run(callback.sweep.parent_run_id).info.status == "RUNNING"
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupts.held():
+            signal.raise_signal(signal.SIGINT)  # received; raised when the held section ends
+        assert MlflowClient(store).get_run(callback.sweep.parent_run_id).info.status == "RUNNING"
 
-    parent = callback.sweep.parent_run_id
-    sweep.end_open_sweeps()
-    assert MlflowClient(store).get_run(parent).info.status == "KILLED"
-    assert sweep._open_sweeps == [] and callback.sweep is None
-    sweep.end_open_sweeps()  # nothing left open: a no-op
+        parent = callback.sweep.parent_run_id
+        sweep.end_open_sweeps()
+        assert MlflowClient(store).get_run(parent).info.status == "KILLED"
+        assert sweep._open_sweeps == [] and callback.sweep is None
+        sweep.end_open_sweeps()  # nothing left open: a no-op
+    finally:
+        sweep._open_sweeps.clear()  # a failure above must not leave a sweep open for later tests

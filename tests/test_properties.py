@@ -100,6 +100,16 @@ RULES: dict[str, Callable[[Any], bool]] = {
     "selection.mode": lambda value: value in MODES,
     "seed": int_in(0, 2**32 - 1),
 }
+
+
+def allows(key: str, value: Any) -> bool:
+    """The key's rule on a value as given (a list where a name goes is refused, not an error)."""
+    try:
+        return bool(RULES[key](value))
+    except TypeError:
+        return False
+
+
 # A refusal that depends on two keys names the one that states the need.
 BLAMED = {"trainer.early_stopping.enabled": "trainer.early_stopping.monitor"}
 NAMES = sorted({*ACTIVATIONS, *OPTIMIZERS, *LOSSES, *ENGINES, *EPOCH_METRICS, *RUN_METRICS, *MODES})
@@ -125,6 +135,7 @@ def test_a_value_is_accepted_exactly_when_its_keys_rule_allows_it(key, value):
         OmegaConf.update(cfg, key, value, merge=False)  # what an override does: the schema converts or refuses
     except OmegaConfBaseException as error:
         assert error.full_key == key or error.full_key.startswith(f"{key}["), (key, value, error)
+        assert not allows(key, value), f"the schema refused {key}={value!r}, which the key's rule allows"
         return
     given_value = OmegaConf.to_container(cfg, resolve=True)
     for part in key.split("."):

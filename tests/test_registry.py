@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from .conftest import free_port, serving
 from .helpers import BIN, MNISTEXP, MNISTEXP_RUNS, clean_env, only_children
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("registry")]
 
 TEST_IMAGES = 1000  # the runs evaluate the first 1,000 test images, the images served below
 SWEEP = [
@@ -208,8 +208,13 @@ def server(sweep, registered, tmp_path_factory):
         "-p",
         str(port),
     ]
-    log = tmp_path_factory.mktemp("serving") / "server.log"
-    with serving(command, port, "/ping", log, env={**sweep["env"], "MLFLOW_TRACKING_URI": sweep["uri"]}) as url:
+    folder = tmp_path_factory.mktemp("serving")
+    log = folder / "server.log"
+    # A `mnistexp` that cannot be imported, ahead of the real one: the served model needs none of it.
+    (folder / "no_mnistexp" / "mnistexp").mkdir(parents=True)
+    (folder / "no_mnistexp" / "mnistexp" / "__init__.py").write_text("raise ImportError('mnistexp is not here')\n")
+    env = {**sweep["env"], "MLFLOW_TRACKING_URI": sweep["uri"], "PYTHONPATH": str(folder / "no_mnistexp")}
+    with serving(command, port, "/ping", log, env=env) as url:
         yield url
 
 
@@ -249,3 +254,87 @@ def test_bad_payloads_get_a_4xx_with_a_message_and_the_server_goes_on(sweep, ser
     with np.load(sweep["mnist"]) as mnist:
         still = score(server, {"inputs": mnist["x_test"][:2].tolist()})
     assert still.status_code == 200
+
+
+def test_the_served_model_needs_no_mnistexp(server, sweep):
+    """The server above runs with an unimportable mnistexp first on its path, and answers anyway."""
+    with np.load(sweep["mnist"]) as mnist:
+        answer = score(server, {"inputs": mnist["x_test"][:5].tolist()})
+    assert answer.status_code == 200 and np.asarray(answer.json()["predictions"]).shape == (5, 10)
+
+
+def test_evaluate_a_numbered_version_and_a_model_id(sweep, registered):
+    best = registered.get_run(sweep["parent"].data.tags["mnistexp.best_run_id"])
+    for _ in range(3):  # versions 1, 2 and 3 of the same run's model
+        done = runs_command(sweep, "register", best.info.run_id, "digits-three")
+        assert done.returncode == 0, done.stderr[-3000:]
+    [logged] = registered.search_logged_models(
+        [best.info.experiment_id], filter_string=f"source_run_id = '{best.info.run_id}'"
+    )
+    for uri in ("models:/digits-three/3", f"models:/{logged.model_id}"):
+        done = runs_command(
+            sweep,
+            "evaluate",
+            uri,
+            f"trainer.limit_test_samples={TEST_IMAGES}",
+            "tracking.evaluation_experiment=versions",
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    runs = registered.search_runs([registered.get_experiment_by_name("versions").experiment_id])
+    assert sorted(run.data.tags["mnistexp.evaluated_model"] for run in runs) == sorted(
+        ["models:/digits-three/3", f"models:/{logged.model_id}"]
+    )
+    for run in runs:  # the same model on the same images as the run that trained it
+        assert run.data.tags["mnistexp.model_id"] == logged.model_id
+        assert run.data.metrics["test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"], abs=1e-9)
+
+
+def test_evaluate_refuses_a_model_of_other_image_shapes_in_one_line(sweep, tmp_path):
+    rng = np.random.default_rng(0)
+    small = tmp_path / "small.npz"  # 14x14 images: a model that takes those cannot read MNIST's 28x28
+    np.savez(
+        small,
+        x_train=rng.integers(0, 256, (300, 14, 14), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 300, dtype=np.uint8),
+        x_test=rng.integers(0, 256, (50, 14, 14), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 50, dtype=np.uint8),
+    )
+    trained = subprocess.run(
+        [
+            MNISTEXP,
+            f"data.path={small}",
+            "data.image_shape=[14,14]",
+            "trainer.epochs=1",
+            "trainer.verbose=0",
+            "tracking.experiment=small-images",
+            f"tracking.uri={sweep['uri']}",
+        ],
+        cwd=sweep["workdir"],
+        env=sweep["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    client = MlflowClient(sweep["uri"])
+    [run] = client.search_runs([client.get_experiment_by_name("small-images").experiment_id])
+    done = runs_command(sweep, "evaluate", f"runs:/{run.info.run_id}/model")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("mnistexp-runs: error: ") and "(14, 14)" in line and "(28, 28)" in line
+
+
+def test_predict_reads_an_idx_image_file(sweep, registered, tmp_path):
+    import struct
+
+    with np.load(sweep["mnist"]) as mnist:
+        images = mnist["x_test"][:100]
+    idx = tmp_path / "t10k-images-idx3-ubyte"
+    idx.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">3I", *images.shape) + images.tobytes())
+    npz = tmp_path / "images.npz"
+    np.savez(npz, images=images)
+    from_idx = runs_command(sweep, "predict", "models:/digits@champion", str(idx))
+    from_npz = runs_command(sweep, "predict", "models:/digits@champion", str(npz))
+    assert from_idx.returncode == 0, from_idx.stderr[-3000:]
+    rows = list(csv.DictReader(io.StringIO(from_idx.stdout)))
+    assert len(rows) == 100 and from_idx.stdout == from_npz.stdout  # the same images, the same scores

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from .helpers import MNISTEXP, clean_env, only_children
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("study")]
 
 # A small slice, and a first trial built to fail (its hidden size is refused), so a failed trial
 # is seen to be FAIL in Optuna, FAILED in MLflow, and not to stop the study.
@@ -24,15 +24,18 @@ SLICE = [
     "trainer.epochs=1",
     "trainer.verbose=0",
     "tracking.log_model=false",
+]
+FAILING_FIRST = [
     "model.hidden_units=choice(-1,0,16,32)",
     "hydra.sweeper.enqueue_trials=[{model.hidden_units: -1, optimizer.learning_rate: 0.001, "
     "optimizer.name: adam, trainer.batch_size: 32}]",
 ]
+ALL_RUN = ["model.hidden_units=choice(0,16,32)", "hydra.sweeper.enqueue_trials=[]"]  # no trial fails
 
 
-def search(workdir: Path, mnist_path: Path, trials: int) -> subprocess.CompletedProcess:
+def search(workdir: Path, mnist_path: Path, trials: int, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [MNISTEXP, "-m", "hparams_search=optuna", f"hydra.sweeper.n_trials={trials}", *SLICE],
+        [MNISTEXP, "-m", "hparams_search=optuna", f"hydra.sweeper.n_trials={trials}", *SLICE, *extra],
         cwd=workdir,
         env=clean_env(MNISTEXP_DATA=str(mnist_path)),
         capture_output=True,
@@ -44,7 +47,7 @@ def search(workdir: Path, mnist_path: Path, trials: int) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, mnist_path):
     workdir = tmp_path_factory.mktemp("search")
-    first = search(workdir, mnist_path, trials=6)
+    first = search(workdir, mnist_path, 6, *FAILING_FIRST)
     return {
         "workdir": workdir,
         "first": first,
@@ -103,18 +106,37 @@ def test_the_study_is_on_its_parent_run(study, tmp_path):
             assert float(trial["value"]) == run.data.metrics["val_accuracy"]
 
 
-def test_the_same_command_again_continues_the_study_under_its_parent(study, mnist_path):
-    client = study["client"]
+@pytest.mark.xdist_group("study-continued")  # a study of its own: free to run beside the module's
+def test_the_same_command_again_continues_the_study_under_its_parent(tmp_path, mnist_path):
+    """A study of its own (the module's study stays as the tests above read it): 2 trials, then 3."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = search(tmp_path, mnist_path, 2, *ALL_RUN)
+    assert first.returncode == 0, first.stderr[-3000:]
     parent_before, _ = only_children(client)
-    again = search(study["workdir"], mnist_path, trials=8)
+    again = search(tmp_path, mnist_path, 3, *ALL_RUN)
+    assert again.returncode == 0, again.stderr[-3000:]
     assert "study mnistexp-search continues under its parent run" in again.stderr + again.stdout
-    assert "6 of 8 trials done, 2 to run" in again.stderr + again.stdout
+    assert "2 of 3 trials done, 1 to run" in again.stderr + again.stdout
     parent, children = only_children(client)  # still one parent
-    assert parent.info.run_id == parent_before.info.run_id and len(children) == 8
-    loaded = optuna.load_study(study_name="mnistexp-search", storage=study["storage"])
-    assert len(loaded.trials) == 8
-    old = {tuple(sorted(trial.params.items())) for trial in loaded.trials[:6]}
-    assert not old & {tuple(sorted(trial.params.items())) for trial in loaded.trials[6:]}  # nothing repeated
-    finished_again = search(study["workdir"], mnist_path, trials=8)
-    assert "8 of 8 trials done, 0 to run" in finished_again.stderr + finished_again.stdout
-    assert len(only_children(client)[1]) == 8
+    assert parent.info.run_id == parent_before.info.run_id and len(children) == 3
+    loaded = optuna.load_study(study_name="mnistexp-search", storage=storage)
+    assert len(loaded.trials) == 3
+    old = {tuple(sorted(trial.params.items())) for trial in loaded.trials[:2]}
+    assert tuple(sorted(loaded.trials[2].params.items())) not in old  # nothing repeated
+    finished_again = search(tmp_path, mnist_path, 3, *ALL_RUN)
+    assert "3 of 3 trials done, 0 to run" in finished_again.stderr + finished_again.stdout
+    assert len(only_children(client)[1]) == 3
+
+
+@pytest.mark.xdist_group("study-min")
+def test_a_study_minimising_val_loss_picks_the_trial_with_the_lowest(tmp_path, mnist_path):
+    done = search(tmp_path, mnist_path, 3, *ALL_RUN, "selection.metric=val_loss", "selection.mode=min")
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = optuna.load_study(study_name="mnistexp-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert loaded.direction.name == "MINIMIZE"
+    parent, children = only_children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    best = min(children, key=lambda run: run.data.metrics["val_loss"])
+    assert loaded.best_value == best.data.metrics["val_loss"]
+    assert parent.data.tags["mnistexp.best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best_val_loss"] == best.data.metrics["val_loss"]

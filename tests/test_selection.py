@@ -12,6 +12,8 @@ from mnistexp import summary
 from mnistexp.config import ConfigError, validate
 from mnistexp.selection import Selection, direction
 
+pytestmark = pytest.mark.xdist_group("selection-store")  # tests that share this module's fixtures run on one worker
+
 RUNS = [  # name: (val_accuracy, val_loss, test_accuracy); the best by validation is not the best on test
     ("a", 0.91, 0.30, 0.95),
     ("b", 0.97, 0.10, 0.90),

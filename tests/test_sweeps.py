@@ -17,7 +17,10 @@ from mnistexp.sweep import sweep_plan
 
 from .helpers import MNISTEXP, TINY, clean_env, signals_as_usual
 
-pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("grid"),
+]  # a subprocess per run on the MNIST file (the full suite)
 
 RUNS = str(Path(sys.executable).parent / "mnistexp-runs")
 

@@ -273,6 +273,7 @@ def test_an_authenticated_server_serves_runs_sweeps_and_the_runs_command(auth_se
     assert all(child.info.status == "FINISHED" for child in children)
 
 
+@pytest.mark.xdist_group("postgres")  # the database test_scale_out uses too
 def test_no_password_reaches_the_store_a_pinned_file_hydras_files_or_the_console(tmp_path, mnist_path):
     database = os.environ.get("MNISTEXP_TEST_POSTGRES_URI")
     if not database:
