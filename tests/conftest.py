@@ -108,6 +108,8 @@ def mlflow_server(backend_store_uri: str, workdir: Path, artifacts: Path | None 
 def serving(command: list[str], port: int, ready_path: str, log: Path, seconds: float = 180, **popen):
     """Run a server command in its own process group until the block ends; yields its URL once
     GET `ready_path` answers 200 (the process dying or `seconds` passing fails the test)."""
+    popen.setdefault("env", dict(os.environ))
+    popen["env"].setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # its 7 huey workers: seconds of CPU
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, **popen)
     url = f"http://127.0.0.1:{port}"
     try:
