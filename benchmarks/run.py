@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    from mnistexp.runs import default_config
+    from mnistexp.cli.runs import default_config
 
     cfg = default_config()
     return {
@@ -222,11 +222,13 @@ def _measure(trainer: str, hidden: int, settings: dict) -> dict:
 def _mnistexp_fit(hidden: int, settings: dict) -> dict:
     """mnistexp's own path, configured by conf/ like a run (trainer.threads: auto): build, compile,
     fit, evaluate; then the same with a 10,000-image validation split to price the validation pass."""
-    from mnistexp import evaluate, train
-    from mnistexp import model as model_lib
-    from mnistexp.config import compose, parameter_count, validate
-    from mnistexp.data import load
+    from mnistexp.config.schema import compose
+    from mnistexp.config.validation import parameter_count, validate
     from mnistexp.imports import tensorflow as import_tensorflow
+    from mnistexp.pipeline import evaluation as evaluate
+    from mnistexp.pipeline import model as model_lib
+    from mnistexp.pipeline import train
+    from mnistexp.pipeline.data import load
 
     import_tensorflow(verbose=False)
     overrides = [f"model.hidden_units={hidden}", f"trainer.epochs={settings['epochs']}", "trainer.verbose=0"]

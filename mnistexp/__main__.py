@@ -1,5 +1,5 @@
 """`python -m mnistexp` is the `mnistexp` command."""
 
-from mnistexp.cli import main
+from mnistexp.cli.main import main
 
 main()

@@ -14,7 +14,7 @@ def first_line(error: BaseException) -> str:
 
 def report(message: str) -> None:
     """One line on stderr in mnistexp's voice, a password in any URL of it masked."""
-    from mnistexp.masking import mask
+    from mnistexp.tracking.masking import mask
 
     print(f"mnistexp: error: {mask(message)}", file=sys.stderr)
 

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Iterator
 
-from mnistexp.console import quiet_libraries, stderr_silenced
+from mnistexp.environment import quiet_libraries, stderr_silenced
 
 
 @contextlib.contextmanager

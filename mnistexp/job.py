@@ -7,12 +7,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mnistexp import console, imports, interrupts
-from mnistexp import data as data_lib
-from mnistexp.config import MnistexpConfig, config_digest, group_digest, parameter_count, selection_of
-from mnistexp.names import CONFIG_GROUP_TAG
-from mnistexp.selection import Selection
-from mnistexp.sweep_context import REUSED_TAG_PREFIX, SweepContext
+from mnistexp import environment as console
+from mnistexp import imports, interrupts
+from mnistexp.config.schema import MnistexpConfig, config_digest, group_digest, selection_of
+from mnistexp.config.selection import Selection
+from mnistexp.config.validation import parameter_count
+from mnistexp.pipeline import data as data_lib
+from mnistexp.sweep.handoff import REUSED_TAG_PREFIX, SweepContext
+from mnistexp.tracking.names import CONFIG_GROUP_TAG
 
 log = logging.getLogger("mnistexp")
 
@@ -48,7 +50,7 @@ def run(
     digest = hashlib.sha256(f"{config_digest(cfg)} {data.digest}".encode()).hexdigest()
     group = group_digest(cfg, loaded.digest)  # the validation split depends on the seed; the file does not
 
-    from mnistexp import tracking
+    from mnistexp.tracking import lifecycle as tracking
 
     # An unreachable server fails a command at its start, in seconds; a sweep's parent did that check.
     tracking.use_store(cfg.tracking) if sweep else tracking.check_store(cfg.tracking)
@@ -59,8 +61,10 @@ def run(
 
     interrupts.phase("importing TensorFlow")
     imports.tensorflow(verbose)
-    from mnistexp import evaluate, plots, records, train
-    from mnistexp import model as model_lib
+    from mnistexp.pipeline import evaluation as evaluate
+    from mnistexp.pipeline import model as model_lib
+    from mnistexp.pipeline import plots, train
+    from mnistexp.tracking import records
 
     threads = train.threads_for(cfg.trainer, parameter_count(cfg.model, cfg.data), sweep.threads if sweep else None)
     runtime = train.configure_runtime(cfg.seed, cfg.trainer, threads)
@@ -124,7 +128,7 @@ def _finished_run(
     """With tracking.skip_finished: the earlier FINISHED run of this exact config, reported and reused."""
     import mlflow
 
-    from mnistexp import tracking
+    from mnistexp.tracking import lifecycle as tracking
 
     run_id = tracking.find_finished_run(cfg.tracking, digest)
     if run_id is None:

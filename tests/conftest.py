@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from mnistexp.config import compose
+from mnistexp.config.schema import compose
 
 from .helpers import MNISTEXP, REPO_ROOT, clean_env
 

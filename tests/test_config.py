@@ -10,7 +10,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
-from mnistexp.config import ConfigError, compose, hidden_layer_sizes, validate
+from mnistexp.config.schema import compose
+from mnistexp.config.validation import ConfigError, hidden_layer_sizes, validate
 
 from .helpers import MNISTEXP, REPO_ROOT
 
@@ -119,7 +120,7 @@ def test_every_experiment_composes_and_validates(name):
 @pytest.mark.parametrize("option", sorted(path.stem for path in (REPO_ROOT / "conf" / "hparams_search").glob("*.yaml")))
 def test_every_search_composes_with_mnistexps_sweeper(option):
     cfg = compose([f"hparams_search={option}"], return_hydra_config=True)
-    assert cfg.hydra.sweeper._target_ == "mnistexp.search.StudySweeper"
+    assert cfg.hydra.sweeper._target_ == "mnistexp.sweep.search.StudySweeper"
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.hydra.sweeper.storage.startswith("sqlite:///") and cfg.hydra.sweeper.storage.endswith("/optuna.db")
     with open_dict(cfg):
@@ -148,8 +149,8 @@ def test_pinned_seed_experiments(compose_cfg, name, hidden_units):
     ],
 )
 def test_auto_threads_share_the_cores_among_the_jobs_that_run_at_once(launcher, jobs, expected):
-    from mnistexp.sweep import threads_per_job
-    from mnistexp.sweep_context import available_cores
+    from mnistexp.sweep.callback import threads_per_job
+    from mnistexp.sweep.handoff import available_cores
 
     cfg = compose(launcher, return_hydra_config=True)
     cores = available_cores()

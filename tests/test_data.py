@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistexp.config import DataConfig
-from mnistexp.data import IDX_FILES, load, load_test_split
+from mnistexp.config.schema import DataConfig
 from mnistexp.errors import DataError
+from mnistexp.pipeline.data import IDX_FILES, load, load_test_split
 
 SHAPE = (28, 28)
 
@@ -245,7 +245,7 @@ def labelled(count: int = 1000, seed: int = 3):
     labels = rng.choice(10, size=count, p=np.linspace(1, 2, 10) / np.linspace(1, 2, 10).sum()).astype(np.uint8)
     images = rng.integers(0, 256, (count, *SHAPE), dtype=np.uint8)
     images[:, 0, :4] = np.arange(count)[:, None].view(np.uint8).reshape(count, -1)[:, :4]  # each image unique
-    from mnistexp.data import Dataset
+    from mnistexp.pipeline.data import Dataset
 
     return Dataset(images, labels, images[:10], labels[:10], source="toy")
 
@@ -274,7 +274,7 @@ def test_no_validation_split_leaves_the_training_split_whole():
 
 @pytest.mark.parametrize("size", [1000, 5000, 0.0001])
 def test_a_split_that_leaves_nothing_is_refused_by_key(size):
-    from mnistexp.config import ConfigError
+    from mnistexp.config.validation import ConfigError
 
     with pytest.raises(ConfigError, match=r"data\.validation_size"):
         labelled().split_validation(size, seed=1)

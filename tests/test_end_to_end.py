@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from mnistexp.records import flatten
+from mnistexp.tracking.records import flatten
 
 from .helpers import JOB_ARTIFACTS, MNISTEXP, clean_env
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mnistexp.config import validate
+from mnistexp.config.validation import validate
 
 from .helpers import MNISTEXP, TINY, clean_env, signals_as_usual
 
@@ -102,7 +102,8 @@ def test_a_signal_in_epoch_two_kills_the_run_and_keeps_epoch_one(tmp_path, mnist
 def test_an_error_inside_a_run_ends_it_failed_with_the_message_and_traceback(
     compose_cfg, store, monkeypatch, mnist_path
 ):
-    from mnistexp import job, train
+    from mnistexp import job
+    from mnistexp.pipeline import train
 
     def broken_fit(*args, **kwargs):
         raise RuntimeError("disk on fire")
@@ -137,8 +138,8 @@ def test_a_failed_job_does_not_stop_a_sweep(run_cli, tmp_path):
 
 def first_use(uris: list[str], barrier, results) -> None:
     """One process's first use of each store in turn, released with the others at the same instant."""
-    from mnistexp import tracking
-    from mnistexp.config import compose
+    from mnistexp.config.schema import compose
+    from mnistexp.tracking import lifecycle as tracking
 
     configs = [validate(compose([f"tracking.uri={uri}"])).tracking for uri in uris]
     import mlflow  # loaded before the barrier, so the processes meet at the store, not in imports

@@ -72,9 +72,10 @@ def test_the_job_path_loads_mlflow_and_tensorflow_for_good(tmp_path):
     each leave their modules frozen, and the collector running."""
     script = f"""
 import gc
-from mnistexp import imports, tracking
-from mnistexp.config import TrackingConfig, typed
-from mnistexp.runs import default_config
+from mnistexp import imports
+from mnistexp.tracking import lifecycle as tracking
+from mnistexp.config.schema import TrackingConfig, typed
+from mnistexp.cli.runs import default_config
 config = typed(default_config().tracking, TrackingConfig)
 config.uri = "sqlite:///{tmp_path}/mlflow.db"
 counts = [gc.get_freeze_count()]

@@ -15,9 +15,9 @@ import yaml
 from mlflow import MlflowClient
 
 from mnistexp import job
-from mnistexp.config import validate
+from mnistexp.config.validation import validate
 from mnistexp.errors import TrainingDivergedError
-from mnistexp.records import flatten
+from mnistexp.tracking.records import flatten
 
 from .helpers import JOB_ARTIFACTS
 
@@ -54,8 +54,8 @@ def finished(tmp_path_factory):
         "trainer.early_stopping.enabled=true",
         "trainer.early_stopping.patience=1",
     ]
-    from mnistexp.config import compose
-    from mnistexp.data import Dataset
+    from mnistexp.config.schema import compose
+    from mnistexp.pipeline.data import Dataset
 
     split = Dataset.split_validation
 
@@ -166,7 +166,7 @@ def test_a_diverging_loss_fails_the_run_with_the_learning_rate_hint(tmp_path, en
         "trainer.verbose=0",
         "tracking.log_model=false",
     ]
-    from mnistexp.config import compose
+    from mnistexp.config.schema import compose
 
     config = validate(compose(overrides))
     config.optimizer.learning_rate = 1e30  # past validate's bound (10): no valid config diverges on this data

@@ -6,12 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from mnistexp import model as model_lib
-from mnistexp import train
-from mnistexp.config import parameter_count, validate
-from mnistexp.data import Dataset
+from mnistexp.config.validation import parameter_count, validate
 from mnistexp.errors import TrainingDivergedError
-from mnistexp.evaluate import evaluate, per_class_precision_recall
+from mnistexp.pipeline import model as model_lib
+from mnistexp.pipeline import train
+from mnistexp.pipeline.data import Dataset
+from mnistexp.pipeline.evaluation import evaluate, per_class_precision_recall
 
 
 def build(compose_cfg, *overrides):

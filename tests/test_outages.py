@@ -14,10 +14,12 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
-from mnistexp import masking, outages, spool, sync, tracking
-from mnistexp.config import compose, validate
-from mnistexp.outages import Rider, TrackingOutageError, unreachable
-from mnistexp.recording import Recording, Sink
+from mnistexp.config.schema import compose
+from mnistexp.config.validation import validate
+from mnistexp.tracking import lifecycle as tracking
+from mnistexp.tracking import masking, outages, spool, sync
+from mnistexp.tracking.outages import Rider, TrackingOutageError, unreachable
+from mnistexp.tracking.recording import Recording, Sink
 
 REFUSED = requests.exceptions.ConnectionError("[Errno 111] Connection refused")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mnistexp import plots
-from mnistexp.records import flatten
-from mnistexp.tracking import run_page, ui_command
+from mnistexp.pipeline import plots
+from mnistexp.tracking.lifecycle import run_page, ui_command
+from mnistexp.tracking.records import flatten
 
 
 def test_confusion_heatmap_annotates_every_cell_with_its_count():
@@ -85,8 +85,8 @@ def test_a_second_signal_interrupts_at_once_where_the_first_waits(ctrl_c):
 def test_a_signal_while_a_run_opens_or_ends_leaves_it_ended(tmp_path, compose_cfg, monkeypatch, moment, ctrl_c):
     """The windows the sweep-level signal test cannot hit on purpose: a signal delivered inside the
     store's create_run (the run exists, its id not yet held) or inside its set_terminated."""
-    from mnistexp import tracking
-    from mnistexp.config import validate
+    from mnistexp.config.validation import validate
+    from mnistexp.tracking import lifecycle as tracking
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = validate(compose_cfg(f"tracking.uri={store}"))
@@ -109,9 +109,11 @@ def test_a_sweep_whose_end_callback_a_signal_cut_short_is_ended_when_hydra_retur
     """Hydra lets a KeyboardInterrupt out of its callbacks: one that lands after the last job, before
     `on_multirun_end` holds signals, skips the summary, and `end_open_sweeps` (the app calls it once
     Hydra has returned) ends the parent KILLED with it."""
-    from mnistexp import interrupts, sweep, tracking
-    from mnistexp.config import validate
-    from mnistexp.selection import Selection
+    from mnistexp import interrupts
+    from mnistexp.config.selection import Selection
+    from mnistexp.config.validation import validate
+    from mnistexp.sweep import callback as sweep
+    from mnistexp.tracking import lifecycle as tracking
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = validate(compose_cfg(f"tracking.uri={store}"))

@@ -15,9 +15,10 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mnistexp.config import ACTIVATIONS, ENGINES, LOSSES, OPTIMIZERS, ConfigError, compose, validate
-from mnistexp.records import flatten
-from mnistexp.selection import EPOCH_METRICS, MODES, RUN_METRICS
+from mnistexp.config.schema import ACTIVATIONS, ENGINES, LOSSES, OPTIMIZERS, compose
+from mnistexp.config.selection import EPOCH_METRICS, MODES, RUN_METRICS
+from mnistexp.config.validation import ConfigError, validate
+from mnistexp.tracking.records import flatten
 
 from .helpers import MNISTEXP, clean_env
 

@@ -13,11 +13,13 @@ import pytest
 from mlflow import MlflowClient
 from scipy import stats
 
-from mnistexp import plots, replicates
-from mnistexp import runs as runs_cli
-from mnistexp.config import group_digest, validate
-from mnistexp.selection import Selection
-from mnistexp.summary import Row
+from mnistexp.cli import runs as runs_cli
+from mnistexp.config.schema import group_digest
+from mnistexp.config.selection import Selection
+from mnistexp.config.validation import validate
+from mnistexp.pipeline import plots
+from mnistexp.sweep import replicates
+from mnistexp.sweep.tables import Row
 
 VAL = Selection("val_accuracy", "max")
 
@@ -211,7 +213,7 @@ def sweep_store(tmp_path):
 
 
 def test_the_sweep_summary_ranks_configurations_and_logs_their_means(sweep_store, compose_cfg):
-    from mnistexp.sweep_summary import finish_parent_run
+    from mnistexp.sweep.summary import finish_parent_run
 
     client, parent = sweep_store["client"], sweep_store["parent"]
     tracking_cfg = validate(compose_cfg(f"tracking.uri={sweep_store['uri']}")).tracking

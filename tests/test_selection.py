@@ -7,10 +7,10 @@ import math
 import pytest
 from mlflow import MlflowClient
 
-from mnistexp import runs as runs_cli
-from mnistexp import summary
-from mnistexp.config import ConfigError, validate
-from mnistexp.selection import Selection, direction
+from mnistexp.cli import runs as runs_cli
+from mnistexp.config.selection import Selection, direction
+from mnistexp.config.validation import ConfigError, validate
+from mnistexp.sweep import tables as summary
 
 pytestmark = pytest.mark.xdist_group("selection-store")  # tests that share this module's fixtures run on one worker
 

@@ -12,8 +12,9 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
-from mnistexp.config import compose, config_digest, validate
-from mnistexp.sweep import sweep_plan
+from mnistexp.config.schema import compose, config_digest
+from mnistexp.config.validation import validate
+from mnistexp.sweep.callback import sweep_plan
 
 from .helpers import MNISTEXP, TINY, clean_env, signals_as_usual
 

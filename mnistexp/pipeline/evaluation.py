@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnistexp.config import DataConfig, TrainerConfig
-from mnistexp.data import Dataset
+from mnistexp.config.schema import DataConfig, TrainerConfig
+from mnistexp.pipeline.data import Dataset
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
 
 from mnistexp.errors import UserError, first_line
-from mnistexp.masking import mask, unmask
+from mnistexp.tracking.masking import mask, unmask
 
 log = logging.getLogger("mnistexp")
 

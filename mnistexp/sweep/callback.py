@@ -13,12 +13,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mnistexp import interrupts
-from mnistexp.config import TrackingConfig, typed
-from mnistexp.console import quiet_libraries
+from mnistexp.config.schema import TrackingConfig, typed
+from mnistexp.config.selection import Selection
+from mnistexp.environment import quiet_libraries
 from mnistexp.errors import SHOW_TRACEBACKS, UserError, first_line, report
-from mnistexp.masking import mask
-from mnistexp.selection import Selection
-from mnistexp.sweep_context import SweepContext, available_cores
+from mnistexp.sweep.handoff import SweepContext, available_cores
+from mnistexp.tracking.masking import mask
 
 log = logging.getLogger("mnistexp")
 
@@ -92,7 +92,8 @@ class MlflowSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         quiet_libraries(bool(config.hydra.verbose))
-        from mnistexp import search, tracking
+        from mnistexp.sweep import search
+        from mnistexp.tracking import lifecycle as tracking
 
         with interrupts.held():  # the parent exists and is known here, or neither
             interrupts.phase("composing the sweep")
@@ -131,7 +132,8 @@ class MlflowSweep(Callback):
     @staticmethod
     def _study_parent(tracking_cfg: TrackingConfig, storage: str, study: Any, tags: dict[str, str]) -> str:
         """One parent run per study: a later command on the same study reopens it."""
-        from mnistexp import search, tracking
+        from mnistexp.sweep import search
+        from mnistexp.tracking import lifecycle as tracking
 
         earlier = study.user_attrs.get(search.PARENT_ATTR)
         if earlier and tracking.reopen_parent_run(tracking_cfg, earlier):
@@ -149,8 +151,9 @@ class MlflowSweep(Callback):
     def _log_study(sweep: _Sweep, study: tuple[str, str]) -> str:
         from mlflow import MlflowClient
 
-        from mnistexp import search, tracking
-        from mnistexp.outages import RidingClient
+        from mnistexp.sweep import search
+        from mnistexp.tracking import lifecycle as tracking
+        from mnistexp.tracking.outages import RidingClient
 
         tracking.use_store(sweep.tracking_cfg)
         storage, name = study
@@ -180,8 +183,8 @@ class MlflowSweep(Callback):
             if sweep is None:
                 return
             _open_sweeps.remove(self)
-            from mnistexp.outages import TrackingOutageError
-            from mnistexp.sweep_summary import SweepOutcome, finish_parent_run, owe_summary
+            from mnistexp.sweep.summary import SweepOutcome, finish_parent_run, owe_summary
+            from mnistexp.tracking.outages import TrackingOutageError
 
             interrupted = isinstance(in_flight, KeyboardInterrupt)
             try:

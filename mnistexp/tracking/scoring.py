@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from mnistexp import data as data_lib
-from mnistexp.config import MnistexpConfig
+from mnistexp.config.schema import MnistexpConfig
 from mnistexp.errors import UserError
+from mnistexp.pipeline import data as data_lib
 
 
 def load_keras_model(model_uri: str) -> Any:
@@ -41,15 +41,15 @@ def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
     its metrics linked to the model: returns the run id and the Evaluation."""
     # The data first: a missing or bad file is one line before TensorFlow loads.
     data = data_lib.load_test_split(cfg.data).limit(None, cfg.trainer.limit_test_samples)
-    from mnistexp import tracking
+    from mnistexp.tracking import lifecycle as tracking
 
     tracking.check_store(cfg.tracking)
     model = load_keras_model(model_uri)  # TensorFlow loads here, its start-up lines silenced
     _check_fits(model, list(cfg.data.image_shape), len(cfg.data.class_names), model_uri)
     import mlflow
 
-    from mnistexp import evaluate as evaluation
-    from mnistexp import plots, records
+    from mnistexp.pipeline import evaluation, plots
+    from mnistexp.tracking import records
 
     results = evaluation.evaluate(model, data, cfg.trainer, cfg.data)
     model_id = mlflow.models.get_model_info(model_uri).model_id

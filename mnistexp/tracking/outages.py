@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from mnistexp import interrupts
-from mnistexp.masking import mask
+from mnistexp.tracking.masking import mask
 
 log = logging.getLogger("mnistexp")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mnistexp.masking import mask
-from mnistexp.recording import Sink
+from mnistexp.tracking.masking import mask
+from mnistexp.tracking.recording import Sink
 
 _written: dict[Path, str] = {}  # spools this process wrote to -> the server they were meant for
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from mnistexp.config import DataConfig, ModelConfig, PreprocessConfig, hidden_layer_sizes
+from mnistexp.config.schema import DataConfig, ModelConfig, PreprocessConfig
+from mnistexp.config.validation import hidden_layer_sizes
 
 
 def build(model_cfg: ModelConfig, preprocess_cfg: PreprocessConfig, data_cfg: DataConfig) -> keras.Model:

@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from mnistexp import imports, interrupts
 from mnistexp.errors import report
-from mnistexp.masking import hide_in_overrides
+from mnistexp.tracking.masking import hide_in_overrides
 
 
 def main() -> None:
@@ -19,8 +19,8 @@ def main() -> None:
     sys.argv[1:] = hide_in_overrides(sys.argv[1:], os.environ)  # passwords stay out of Hydra's files
     try:
         interrupts.phase("importing the libraries")
-        with imports.loaded_for_good("mnistexp.app"):  # Hydra and OmegaConf
-            from mnistexp.app import run_command
+        with imports.loaded_for_good("mnistexp.cli.app"):  # Hydra and OmegaConf
+            from mnistexp.cli.app import run_command
 
         status = run_command()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`Terminated`), or one a library raised for its own reasons
@@ -29,8 +29,8 @@ def main() -> None:
     if signum is not None:
         report(f"stopped by {signal.Signals(signum).name}; the runs it cut short ended KILLED, none is left RUNNING")
         status = 128 + signum
-    if "mnistexp.spool" in sys.modules:
-        spooled = sys.modules["mnistexp.spool"].closing_line()
+    if "mnistexp.tracking.spool" in sys.modules:
+        spooled = sys.modules["mnistexp.tracking.spool"].closing_line()
         if spooled:
             print(f"mnistexp: {spooled}", file=sys.stderr)
     _leave(status)

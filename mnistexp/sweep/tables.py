@@ -9,9 +9,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mnistexp.config import RESULT_NEUTRAL_KEYS
-from mnistexp.names import CONFIG_GROUP_TAG
-from mnistexp.selection import Selection
+from mnistexp.config.schema import RESULT_NEUTRAL_KEYS
+from mnistexp.config.selection import Selection
+from mnistexp.tracking.names import CONFIG_GROUP_TAG
 
 REPORTED = ("test_accuracy", "test_loss")  # beside the selection metric in every table
 

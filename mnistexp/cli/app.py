@@ -15,14 +15,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mnistexp.config import CONFIG_MODULE, TrackingConfig, register, typed, validate
+from mnistexp.config.hydra_errors import explain
+from mnistexp.config.schema import CONFIG_MODULE, TrackingConfig, register_schema, typed
+from mnistexp.config.validation import validate
 from mnistexp.errors import SHOW_TRACEBACKS, UserError, report
-from mnistexp.hydra_errors import explain
-from mnistexp.masking import MaskingFilter
-from mnistexp.sweep import end_open_sweeps
-from mnistexp.sweep_context import SweepContext
+from mnistexp.sweep.callback import end_open_sweeps
+from mnistexp.sweep.handoff import SweepContext
+from mnistexp.tracking.masking import MaskingFilter
 
-register()
+register_schema()
 logging.getLogger("mnistexp").addFilter(MaskingFilter())  # no console or job-log line carries a password
 
 
@@ -46,7 +47,7 @@ def _job(cfg: DictConfig) -> float:
             report(str(error))
             sys.exit(2)
         report(f"job {' '.join(overrides)}: {error}")
-        from mnistexp import tracking
+        from mnistexp.tracking import lifecycle as tracking
 
         if sweep is not None and not getattr(error, tracking.RECORDED_IN_RUN, None):  # else its run ended FAILED
             tracking.record_failed_run(typed(cfg.tracking, TrackingConfig), sweep, overrides, error)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mnistexp import names
-from mnistexp.masking import mask
-from mnistexp.outages import Rider, TrackingOutageError
+from mnistexp.tracking import names
+from mnistexp.tracking.masking import mask
+from mnistexp.tracking.outages import Rider, TrackingOutageError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnistexp.config import MnistexpConfig, TrackingConfig, as_dict, compose, typed, validate
-from mnistexp.console import quiet_libraries
+from mnistexp.config.schema import MnistexpConfig, TrackingConfig, as_dict, compose, typed
+from mnistexp.config.selection import MODES, RUN_METRICS, Selection, direction
+from mnistexp.config.validation import validate
+from mnistexp.environment import quiet_libraries
 from mnistexp.errors import UserError
-from mnistexp.masking import mask
-from mnistexp.selection import MODES, RUN_METRICS, Selection, direction
+from mnistexp.tracking.masking import mask
 
 COMPARED_METRICS = ("test_accuracy", "test_loss")
 
@@ -113,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _client(args: argparse.Namespace):
     """A client on the chosen store, checked first so that a dead server is one line, not minutes."""
-    from mnistexp import tracking
+    from mnistexp.tracking import lifecycle as tracking
 
     tracking_cfg = typed(default_config().tracking, TrackingConfig)
     tracking_cfg.uri = args.tracking_uri or tracking_cfg.uri
@@ -138,7 +139,9 @@ def default_config() -> DictConfig:
 
 
 def compare_runs(args: argparse.Namespace) -> int:
-    from mnistexp import plots, replicates, summary
+    from mnistexp.pipeline import plots
+    from mnistexp.sweep import replicates
+    from mnistexp.sweep import tables as summary
 
     client = _client(args)
     if args.parent:
@@ -281,13 +284,13 @@ def pin_run(args: argparse.Namespace) -> int:
 
 def _chosen(client, args: argparse.Namespace) -> str:
     """RUN_ID itself, or with --best the run a sweep's parent chose by its selection rule."""
-    from mnistexp import registry
+    from mnistexp.tracking import registry
 
     return registry.best_child(client, args.run_id) if args.best else args.run_id
 
 
 def register_run(args: argparse.Namespace) -> int:
-    from mnistexp import registry
+    from mnistexp.tracking import registry
 
     client = _client(args)
     run = _get_run(client, _chosen(client, args))
@@ -311,7 +314,7 @@ def _config(args: argparse.Namespace) -> MnistexpConfig:
 
 
 def evaluate_model(args: argparse.Namespace) -> int:
-    from mnistexp import model_eval
+    from mnistexp.tracking import scoring as model_eval
 
     _client(args)
     run_id, results = model_eval.evaluate(args.model_uri, _config(args))
@@ -327,8 +330,9 @@ def sync_spool(args: argparse.Namespace) -> int:
     else the server each run was meant for."""
     import os
 
-    from mnistexp import sync, tracking
-    from mnistexp.sweep_summary import summarise_again
+    from mnistexp.sweep.summary import summarise_again
+    from mnistexp.tracking import lifecycle as tracking
+    from mnistexp.tracking import sync
 
     defaults = default_config().tracking
     folder = args.spool or Path(defaults.spool_dir)
@@ -347,7 +351,7 @@ def sync_spool(args: argparse.Namespace) -> int:
 
 
 def predict_images(args: argparse.Namespace) -> int:
-    from mnistexp import model_eval
+    from mnistexp.tracking import scoring as model_eval
 
     _client(args)
     table = model_eval.predict(args.model_uri, args.images, _config(args))

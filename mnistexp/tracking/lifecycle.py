@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from mnistexp import imports, interrupts, names, outages, spool
+from mnistexp import imports, interrupts
 from mnistexp.errors import TrackingError
-from mnistexp.masking import mask, unmask
-from mnistexp.names import CONFIG_GROUP_TAG
-from mnistexp.outages import Rider, TrackingOutageError
-from mnistexp.recording import Recording, Sink
+from mnistexp.tracking import names, outages, spool
+from mnistexp.tracking.masking import mask, unmask
+from mnistexp.tracking.names import CONFIG_GROUP_TAG
+from mnistexp.tracking.outages import Rider, TrackingOutageError
+from mnistexp.tracking.recording import Recording, Sink
 
 if TYPE_CHECKING:
-    from mnistexp.config import TrackingConfig
-    from mnistexp.selection import Selection
-    from mnistexp.sweep_context import SweepContext
+    from mnistexp.config.schema import TrackingConfig
+    from mnistexp.config.selection import Selection
+    from mnistexp.sweep.handoff import SweepContext
 
 RECORDED_IN_RUN = "mnistexp_run_id"  # set on an exception whose run was ended FAILED with it
 

@@ -14,11 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from mnistexp import interrupts
-from mnistexp.config import OPTIMIZERS, EarlyStoppingConfig, OptimizerConfig, TrainerConfig
-from mnistexp.data import Dataset
+from mnistexp.config.schema import OPTIMIZERS, EarlyStoppingConfig, OptimizerConfig, TrainerConfig
 from mnistexp.errors import TrainingDivergedError
-from mnistexp.evaluate import compiled_pass
-from mnistexp.sweep_context import available_cores
+from mnistexp.pipeline.data import Dataset
+from mnistexp.pipeline.evaluation import compiled_pass
+from mnistexp.sweep.handoff import available_cores
 
 
 @dataclass(frozen=True)

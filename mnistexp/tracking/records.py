@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from mnistexp.masking import mask, masked
+from mnistexp.tracking.masking import mask, masked
 
 if TYPE_CHECKING:
     import keras
 
-    from mnistexp.config import MnistexpConfig
-    from mnistexp.data import Dataset
-    from mnistexp.evaluate import Evaluation
-    from mnistexp.recording import Recording
-    from mnistexp.train import FitResult
+    from mnistexp.config.schema import MnistexpConfig
+    from mnistexp.pipeline.data import Dataset
+    from mnistexp.pipeline.evaluation import Evaluation
+    from mnistexp.pipeline.train import FitResult
+    from mnistexp.tracking.recording import Recording
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -39,7 +39,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def log_config(run: Recording, config: MnistexpConfig, overrides: Sequence[str]) -> None:
     """The resolved config as dotted params, as YAML to rerun from, and the command-line overrides
     (a password in any URL of them masked)."""
-    from mnistexp.config import as_dict
+    from mnistexp.config.schema import as_dict
 
     resolved = masked(as_dict(config))
     run.params({key: _param(value) for key, value in flatten(resolved).items()})

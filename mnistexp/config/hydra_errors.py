@@ -14,7 +14,8 @@ import yaml
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from mnistexp.config import MnistexpConfig, show
+from mnistexp.config.schema import MnistexpConfig
+from mnistexp.config.validation import show
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnistexp import names, spool
 from mnistexp.errors import UserError
-from mnistexp.masking import MASK, mask
+from mnistexp.tracking import names, spool
+from mnistexp.tracking.masking import MASK, mask
 
 
 @dataclass

@@ -9,8 +9,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from mnistexp.selection import Selection
-from mnistexp.summary import REPORTED, Row
+from mnistexp.config.selection import Selection
+from mnistexp.sweep.tables import REPORTED, Row
 
 CONFIDENCE = 0.95
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mnistexp.config import ConfigError, DataConfig
+from mnistexp.config.schema import DataConfig
+from mnistexp.config.validation import ConfigError
 from mnistexp.errors import DataError
 
 SPLITS = ("x_train", "y_train", "x_test", "y_test")  # what a source provides

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, read_write
 
-from mnistexp.masking import mask
+from mnistexp.tracking.masking import mask
 
 PARENT_RUN_ENV = "MNISTEXP_PARENT_RUN_ID"
 SWEPT_KEYS_ENV = "MNISTEXP_SWEPT_KEYS"

@@ -6,11 +6,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from mnistexp import names, replicates
-from mnistexp.config import TrackingConfig
-from mnistexp.masking import mask
-from mnistexp.selection import Selection
-from mnistexp.sweep_context import REUSED_TAG_PREFIX
+from mnistexp.config.schema import TrackingConfig
+from mnistexp.config.selection import Selection
+from mnistexp.sweep import replicates
+from mnistexp.sweep.handoff import REUSED_TAG_PREFIX
+from mnistexp.tracking import names
+from mnistexp.tracking.masking import mask
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,10 @@ def finish_parent_run(
     """
     from mlflow import MlflowClient
 
-    from mnistexp import interrupts, summary, tracking
-    from mnistexp.outages import RidingClient
+    from mnistexp import interrupts
+    from mnistexp.sweep import tables as summary
+    from mnistexp.tracking import lifecycle as tracking
+    from mnistexp.tracking.outages import RidingClient
 
     interrupts.phase("writing the summary")
     tracking.use_store(tracking_cfg)
@@ -97,7 +100,8 @@ def owe_summary(tracking_cfg: TrackingConfig, parent_run_id: str, selection: Sel
     turns into the parent's summary (and its end) once the server answers; returns the line to report."""
     from pathlib import Path
 
-    from mnistexp import spool, tracking
+    from mnistexp.tracking import lifecycle as tracking
+    from mnistexp.tracking import spool
 
     uri = tracking.use_store(tracking_cfg)
     sink = spool.opener(Path(tracking_cfg.spool_dir), uri)()
@@ -119,7 +123,7 @@ def summarise_again(uri: str, parent_run_id: str, interrupted: bool) -> None:
     does once it has delivered children, or owed summaries."""
     from mlflow import MlflowClient
 
-    from mnistexp.config import compose, typed
+    from mnistexp.config.schema import compose, typed
 
     parent = MlflowClient(uri).get_run(parent_run_id)
     tracking_cfg = typed(compose([f"tracking.uri={uri}"]).tracking, TrackingConfig)
@@ -140,7 +144,7 @@ def _children_rule(client: Any, parent: Any) -> tuple[str, str]:
 
 def _log_best_run(client: Any, parent_run_id: str, best: Any, selection: Selection) -> str:
     """One run per configuration: the best run's figures on the parent; returns the report line."""
-    from mnistexp import summary
+    from mnistexp.sweep import tables as summary
 
     metric = selection.metric
     client.log_metric(parent_run_id, f"best_{metric}", best.metric(metric))
@@ -175,7 +179,7 @@ def _log_best_group(client: Any, parent_run_id: str, configurations: list, selec
 
 def _log_plots(client: Any, parent_run_id: str, configurations: list, keys: list[str], metric: str) -> None:
     """The selection metric against each swept key (never against seed)."""
-    from mnistexp import plots
+    from mnistexp.pipeline import plots
 
     for key in keys:
         if key == "seed":
