@@ -50,10 +50,10 @@ def run(
     digest = hashlib.sha256(f"{config_digest(cfg)} {data.digest}".encode()).hexdigest()
     group = group_digest(cfg, loaded.digest)  # the validation split depends on the seed; the file does not
 
-    from mnistexp.tracking import lifecycle as tracking
+    from mnistexp.tracking import lifecycle, store
 
     # An unreachable server fails a command at its start, in seconds; a sweep's parent did that check.
-    tracking.use_store(cfg.tracking) if sweep else tracking.check_store(cfg.tracking)
+    store.use_store(cfg.tracking) if sweep else store.check_store(cfg.tracking)
     if cfg.tracking.skip_finished:
         earlier = _finished_run(cfg, digest, sweep, selection)
         if earlier is not None:
@@ -73,14 +73,14 @@ def run(
 
     run_name = cfg.tracking.run_name or (sweep.run_name(list(overrides)) if sweep else model.name)
     tags = {
-        **tracking.environment_tags(),
+        **lifecycle.environment_tags(),
         **runtime,
-        **tracking.selection_tags(selection),
+        **lifecycle.selection_tags(selection),
         "mnistexp.config_sha256": digest,
         CONFIG_GROUP_TAG: group,
         **(extra_tags or {}),
     }
-    with tracking.mlflow_run(cfg.tracking, run_name, tags, sweep.parent_run_id if sweep else None) as run:
+    with lifecycle.mlflow_run(cfg.tracking, run_name, tags, sweep.parent_run_id if sweep else None) as run:
         records.log_config(run, cfg, overrides)
         records.log_data(run, data, cfg.data.name)
         records.log_model_setup(run, model)
@@ -116,8 +116,8 @@ def run(
     log.info("test_accuracy=%.4f test_loss=%.4f%s run_id=%s", results.accuracy, results.loss, kept, run.run_id)
     log.info(
         "see it: %s, then %s",
-        tracking.ui_command(run.uri),
-        tracking.run_page(run.uri, run.experiment_id, run.run_id),
+        store.ui_command(run.uri),
+        store.run_page(run.uri, run.experiment_id, run.run_id),
     )
     return JobResult(run.run_id, metrics, selection.objective(metrics), run.uri)
 
@@ -128,9 +128,9 @@ def _finished_run(
     """With tracking.skip_finished: the earlier FINISHED run of this exact config, reported and reused."""
     import mlflow
 
-    from mnistexp.tracking import lifecycle as tracking
+    from mnistexp.tracking import lifecycle
 
-    run_id = tracking.find_finished_run(cfg.tracking, digest)
+    run_id = lifecycle.find_finished_run(cfg.tracking, digest)
     if run_id is None:
         return None
     metrics = dict(mlflow.get_run(run_id).data.metrics)

@@ -139,7 +139,7 @@ def test_a_failed_job_does_not_stop_a_sweep(run_cli, tmp_path):
 def first_use(uris: list[str], barrier, results) -> None:
     """One process's first use of each store in turn, released with the others at the same instant."""
     from mnistexp.config.schema import compose
-    from mnistexp.tracking import lifecycle as tracking
+    from mnistexp.tracking import store
 
     configs = [validate(compose([f"tracking.uri={uri}"])).tracking for uri in uris]
     import mlflow  # loaded before the barrier, so the processes meet at the store, not in imports
@@ -148,7 +148,7 @@ def first_use(uris: list[str], barrier, results) -> None:
         mlflow.set_tracking_uri(uri)
         barrier.wait(timeout=120)
         try:
-            results.put((uri, tracking.experiment_id(tracking_cfg)))
+            results.put((uri, store.experiment_of(tracking_cfg)))
         except Exception as error:
             results.put((uri, f"{error.__class__.__name__}: {error}"))
 

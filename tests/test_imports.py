@@ -73,13 +73,13 @@ def test_the_job_path_loads_mlflow_and_tensorflow_for_good(tmp_path):
     script = f"""
 import gc
 from mnistexp import imports
-from mnistexp.tracking import lifecycle as tracking
+from mnistexp.tracking import store
 from mnistexp.config.schema import TrackingConfig, typed
 from mnistexp.cli.runs import default_config
 config = typed(default_config().tracking, TrackingConfig)
 config.uri = "sqlite:///{tmp_path}/mlflow.db"
 counts = [gc.get_freeze_count()]
-tracking.use_store(config)
+store.use_store(config)
 counts.append(gc.get_freeze_count())
 imports.tensorflow(verbose=False)
 counts.append(gc.get_freeze_count())

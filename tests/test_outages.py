@@ -16,8 +16,8 @@ from mlflow.exceptions import MlflowException, RestException
 
 from mnistexp.config.schema import compose
 from mnistexp.config.validation import validate
-from mnistexp.tracking import lifecycle as tracking
-from mnistexp.tracking import masking, outages, spool, sync
+from mnistexp.errors import TrackingError
+from mnistexp.tracking import masking, outages, spool, store, sync
 from mnistexp.tracking.outages import Rider, TrackingOutageError, unreachable
 from mnistexp.tracking.recording import Recording, Sink
 
@@ -282,15 +282,15 @@ def test_a_password_on_the_command_line_never_reaches_hydras_config(monkeypatch)
 
     before = mlflow.get_tracking_uri()
     try:
-        assert tracking.use_store(config.tracking) == "postgresql://me:hunter2@db/x"  # where it connects
+        assert store.use_store(config.tracking) == "postgresql://me:hunter2@db/x"  # where it connects
     finally:
         mlflow.set_tracking_uri(before)
 
 
 def test_an_unreachable_tracking_server_is_one_line_naming_it_without_its_password(compose_cfg):
     config = validate(compose_cfg("tracking.uri=http://me:hunter2@127.0.0.1:9"))
-    with pytest.raises(tracking.TrackingError) as raised:
-        tracking.check_store(config.tracking)
+    with pytest.raises(TrackingError) as raised:
+        store.check_store(config.tracking)
     assert "http://me:***@127.0.0.1:9" in str(raised.value) and "hunter2" not in str(raised.value)
 
 

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mnistexp.pipeline import plots
-from mnistexp.tracking.lifecycle import run_page, ui_command
+from mnistexp.tracking.store import run_page, ui_command
 from mnistexp.tracking.records import flatten
 
 
@@ -86,7 +86,7 @@ def test_a_signal_while_a_run_opens_or_ends_leaves_it_ended(tmp_path, compose_cf
     """The windows the sweep-level signal test cannot hit on purpose: a signal delivered inside the
     store's create_run (the run exists, its id not yet held) or inside its set_terminated."""
     from mnistexp.config.validation import validate
-    from mnistexp.tracking import lifecycle as tracking
+    from mnistexp.tracking import lifecycle
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = validate(compose_cfg(f"tracking.uri={store}"))
@@ -98,7 +98,7 @@ def test_a_signal_while_a_run_opens_or_ends_leaves_it_ended(tmp_path, compose_cf
         return result
 
     monkeypatch.setattr(MlflowClient, moment, interrupted)
-    with pytest.raises(KeyboardInterrupt), tracking.mlflow_run(config.tracking, "signalled", {}):
+    with pytest.raises(KeyboardInterrupt), lifecycle.mlflow_run(config.tracking, "signalled", {}):
         pass
     monkeypatch.setattr(MlflowClient, moment, real)
     [run] = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("mnistexp").experiment_id])
@@ -113,13 +113,13 @@ def test_a_sweep_whose_end_callback_a_signal_cut_short_is_ended_when_hydra_retur
     from mnistexp.config.selection import Selection
     from mnistexp.config.validation import validate
     from mnistexp.sweep import callback as sweep
-    from mnistexp.tracking import lifecycle as tracking
+    from mnistexp.tracking import lifecycle
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = validate(compose_cfg(f"tracking.uri={store}"))
     callback = sweep.MlflowSweep()
     callback.sweep = sweep._Sweep(
-        tracking.start_parent_run(config.tracking, "sweep", {"mnistexp.sweep": "parent"}),
+        lifecycle.start_parent_run(config.tracking, "sweep", {"mnistexp.sweep": "parent"}),
         config.tracking,
         Selection("test_accuracy", "max"),
         None,

@@ -47,10 +47,10 @@ def _job(cfg: DictConfig) -> float:
             report(str(error))
             sys.exit(2)
         report(f"job {' '.join(overrides)}: {error}")
-        from mnistexp.tracking import lifecycle as tracking
+        from mnistexp.tracking import lifecycle
 
-        if sweep is not None and not getattr(error, tracking.RECORDED_IN_RUN, None):  # else its run ended FAILED
-            tracking.record_failed_run(typed(cfg.tracking, TrackingConfig), sweep, overrides, error)
+        if sweep is not None and not getattr(error, lifecycle.RECORDED_IN_RUN, None):  # else its run ended FAILED
+            lifecycle.record_failed_run(typed(cfg.tracking, TrackingConfig), sweep, overrides, error)
         return math.nan
 
 

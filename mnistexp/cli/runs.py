@@ -114,11 +114,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _client(args: argparse.Namespace):
     """A client on the chosen store, checked first so that a dead server is one line, not minutes."""
-    from mnistexp.tracking import lifecycle as tracking
+    from mnistexp.tracking import store
 
     tracking_cfg = typed(default_config().tracking, TrackingConfig)
     tracking_cfg.uri = args.tracking_uri or tracking_cfg.uri
-    tracking.check_store(tracking_cfg)  # loads MLflow (imports.mlflow)
+    store.check_store(tracking_cfg)  # loads MLflow (imports.mlflow)
     import mlflow
 
     return mlflow.MlflowClient()
@@ -331,8 +331,7 @@ def sync_spool(args: argparse.Namespace) -> int:
     import os
 
     from mnistexp.sweep.summary import summarise_again
-    from mnistexp.tracking import lifecycle as tracking
-    from mnistexp.tracking import sync
+    from mnistexp.tracking import store, sync
 
     defaults = default_config().tracking
     folder = args.spool or Path(defaults.spool_dir)
@@ -340,7 +339,7 @@ def sync_spool(args: argparse.Namespace) -> int:
     if server:
         tracking_cfg = typed(defaults, TrackingConfig)
         tracking_cfg.uri = server
-        tracking.check_store(tracking_cfg)  # a server still away is one line, not minutes of retries
+        store.check_store(tracking_cfg)  # a server still away is one line, not minutes of retries
     else:
         from mnistexp import imports
 

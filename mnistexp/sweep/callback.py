@@ -93,7 +93,7 @@ class MlflowSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         quiet_libraries(bool(config.hydra.verbose))
         from mnistexp.sweep import search
-        from mnistexp.tracking import lifecycle as tracking
+        from mnistexp.tracking import lifecycle, store
 
         with interrupts.held():  # the parent exists and is known here, or neither
             interrupts.phase("composing the sweep")
@@ -106,7 +106,7 @@ class MlflowSweep(Callback):
                 "mnistexp.sweep": "parent",
                 "mnistexp.swept_keys": ",".join(keys),
                 "mnistexp.sweep_overrides": mask(" ".join(config.hydra.overrides.task)),
-                **tracking.selection_tags(selection),
+                **lifecycle.selection_tags(selection),
             }
             study = None
             try:
@@ -116,7 +116,7 @@ class MlflowSweep(Callback):
                     parent = self._study_parent(tracking_cfg, config.hydra.sweeper.storage, study, tags)
                 else:
                     name = f"sweep {' '.join(keys)}".strip()
-                    parent = tracking.start_parent_run(
+                    parent = lifecycle.start_parent_run(
                         tracking_cfg, name, {**tags, "mnistexp.sweep_size": str(size or "?")}
                     )
             except UserError as error:
@@ -126,20 +126,20 @@ class MlflowSweep(Callback):
             self.sweep = _Sweep(parent, tracking_cfg, selection, storage_and_name)
             _open_sweeps.append(self)
             context = SweepContext(parent, tuple(keys), size, threads_per_job(config.hydra.launcher, size))
-            context.hand_off(config, tracking.absolute_uri())
+            context.hand_off(config, store.absolute_uri())
             log.info("sweep over %s: %s jobs, parent run %s", ", ".join(keys) or "nothing", size or "?", parent)
 
     @staticmethod
     def _study_parent(tracking_cfg: TrackingConfig, storage: str, study: Any, tags: dict[str, str]) -> str:
         """One parent run per study: a later command on the same study reopens it."""
         from mnistexp.sweep import search
-        from mnistexp.tracking import lifecycle as tracking
+        from mnistexp.tracking import lifecycle
 
         earlier = study.user_attrs.get(search.PARENT_ATTR)
-        if earlier and tracking.reopen_parent_run(tracking_cfg, earlier):
+        if earlier and lifecycle.reopen_parent_run(tracking_cfg, earlier):
             log.info("study %s continues under its parent run %s", study.study_name, earlier)
             return str(earlier)
-        parent = tracking.start_parent_run(
+        parent = lifecycle.start_parent_run(
             tracking_cfg,
             f"study {study.study_name}",
             {**tags, "mnistexp.study_name": study.study_name, "mnistexp.study_storage": mask(storage)},
@@ -152,13 +152,13 @@ class MlflowSweep(Callback):
         from mlflow import MlflowClient
 
         from mnistexp.sweep import search
-        from mnistexp.tracking import lifecycle as tracking
+        from mnistexp.tracking import store
         from mnistexp.tracking.outages import RidingClient
 
-        tracking.use_store(sweep.tracking_cfg)
+        store.use_store(sweep.tracking_cfg)
         storage, name = study
         opened = search.open_study(storage, name, [f"{sweep.selection.mode}imize"])
-        client = RidingClient(MlflowClient(), tracking.rider(sweep.tracking_cfg))
+        client = RidingClient(MlflowClient(), store.rider_for(sweep.tracking_cfg))
         return search.log_study(client, sweep.parent_run_id, opened)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -34,12 +34,12 @@ def finish_parent_run(
 
     from mnistexp import interrupts
     from mnistexp.sweep import tables as summary
-    from mnistexp.tracking import lifecycle as tracking
+    from mnistexp.tracking import store
     from mnistexp.tracking.outages import RidingClient
 
     interrupts.phase("writing the summary")
-    tracking.use_store(tracking_cfg)
-    client: Any = RidingClient(MlflowClient(), tracking.rider(tracking_cfg))  # an outage now is waited out
+    store.use_store(tracking_cfg)
+    client: Any = RidingClient(MlflowClient(), store.rider_for(tracking_cfg))  # an outage now is waited out
     parent = client.get_run(parent_run_id)
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000
@@ -100,10 +100,9 @@ def owe_summary(tracking_cfg: TrackingConfig, parent_run_id: str, selection: Sel
     turns into the parent's summary (and its end) once the server answers; returns the line to report."""
     from pathlib import Path
 
-    from mnistexp.tracking import lifecycle as tracking
-    from mnistexp.tracking import spool
+    from mnistexp.tracking import spool, store
 
-    uri = tracking.use_store(tracking_cfg)
+    uri = store.use_store(tracking_cfg)
     sink = spool.opener(Path(tracking_cfg.spool_dir), uri)()
     experiment = sink.experiment(tracking_cfg.experiment, names.EXPERIMENT_KIND)
     tags = {

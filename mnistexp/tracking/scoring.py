@@ -41,9 +41,9 @@ def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
     its metrics linked to the model: returns the run id and the Evaluation."""
     # The data first: a missing or bad file is one line before TensorFlow loads.
     data = data_lib.load_test_split(cfg.data).limit(None, cfg.trainer.limit_test_samples)
-    from mnistexp.tracking import lifecycle as tracking
+    from mnistexp.tracking import lifecycle, store
 
-    tracking.check_store(cfg.tracking)
+    store.check_store(cfg.tracking)
     model = load_keras_model(model_uri)  # TensorFlow loads here, its start-up lines silenced
     _check_fits(model, list(cfg.data.image_shape), len(cfg.data.class_names), model_uri)
     import mlflow
@@ -58,9 +58,9 @@ def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
         "mnistexp.evaluated_model": model_uri,
         "mnistexp.model_id": str(model_id),
         "mnistexp.data_sha256": data.digest,
-        **tracking.environment_tags(),
+        **lifecycle.environment_tags(),
     }
-    with tracking.mlflow_run(cfg.tracking, f"evaluate {model_uri}", tags, experiment=experiment) as run:
+    with lifecycle.mlflow_run(cfg.tracking, f"evaluate {model_uri}", tags, experiment=experiment) as run:
         run.params(
             {
                 f"data.{key}": value
