@@ -220,29 +220,28 @@ def _measure(trainer: str, hidden: int, settings: dict) -> dict:
 
 
 def _mnistexp_fit(hidden: int, settings: dict) -> dict:
-    """mnistexp's own path, configured by conf/ like a run (trainer.threads: auto): build, compile,
-    fit, evaluate; then the same with a 10,000-image validation split to price the validation pass."""
+    """mnistexp's own pipeline, configured by conf/ like a run (trainer.threads: auto); then the same
+    with a 10,000-image validation split to price the validation pass."""
+    from mnistexp import job
     from mnistexp.config.schema import compose
-    from mnistexp.config.validation import parameter_count, validate
+    from mnistexp.config.validation import validate
     from mnistexp.imports import tensorflow as import_tensorflow
-    from mnistexp.pipeline import evaluation as evaluate
-    from mnistexp.pipeline import model as model_lib
-    from mnistexp.pipeline import train
-    from mnistexp.pipeline.data import load
+    from mnistexp.pipeline import train_and_evaluate
 
     import_tensorflow(verbose=False)
-    overrides = [f"model.hidden_units={hidden}", f"trainer.epochs={settings['epochs']}", "trainer.verbose=0"]
+    overrides = [
+        f"model.hidden_units={hidden}",
+        f"trainer.epochs={settings['epochs']}",
+        "trainer.verbose=0",
+        *([f"trainer.limit_train_samples={settings['limit_train']}"] if settings["limit_train"] else []),
+        *([f"trainer.limit_test_samples={settings['limit_test']}"] if settings["limit_test"] else []),
+    ]
     results = {}
     for validation in (0, 0.1 if settings["quick"] else 10000):
         cfg = validate(compose([*overrides, f"data.validation_size={validation}"]))
-        data = load(cfg.data).limit(settings["limit_train"], settings["limit_test"])
-        data = data.split_validation(validation, cfg.seed)
-        threads = train.threads_for(cfg.trainer, parameter_count(cfg.model, cfg.data), None)
-        train.configure_runtime(cfg.seed, cfg.trainer, threads)
-        model = model_lib.build(cfg.model, cfg.preprocess, cfg.data)
-        train.compile_model(model, cfg.optimizer, cfg.trainer)
-        fitted = train.fit(model, data, cfg.trainer, [], cfg.seed)
-        results[bool(validation)] = (fitted, evaluate.evaluate(model, data, cfg.trainer, cfg.data), len(data.y_train))
+        data, _ = job.read_data(cfg, verbose=False)
+        trained = train_and_evaluate(cfg, data)
+        results[bool(validation)] = (trained.fitted, trained.evaluation, len(data.y_train))
     (fitted, tested, samples), (with_validation, _, _) = results[False], results[True]
     training_only = with_validation.fit_seconds - with_validation.validation_seconds
     return {

@@ -43,3 +43,13 @@ def stderr_silenced(enabled: bool) -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def onednn_setting() -> str:
+    """TF_ENABLE_ONEDNN_OPTS as TensorFlow reads it: results are bit-identical only under the same setting."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a Slurm or container limit included)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

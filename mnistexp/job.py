@@ -1,4 +1,4 @@
-"""The whole job on one screen: config -> data -> model -> train -> evaluate -> log."""
+"""One job, top to bottom: config -> data -> pipeline (train, evaluate) -> record, in one MLflow run."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mnistexp import environment as console
-from mnistexp import imports, interrupts
-from mnistexp.config.schema import MnistexpConfig, config_digest, group_digest, selection_of
+from mnistexp import environment, imports, interrupts
+from mnistexp.config.schema import MnistexpConfig, selection_of
 from mnistexp.config.selection import Selection
-from mnistexp.config.validation import parameter_count
 from mnistexp.pipeline import data as data_lib
-from mnistexp.sweep.handoff import REUSED_TAG_PREFIX, SweepContext
-from mnistexp.tracking.names import CONFIG_GROUP_TAG
+from mnistexp.sweep.handoff import SweepContext
+from mnistexp.tracking import names
 
 log = logging.getLogger("mnistexp")
 
@@ -26,9 +24,10 @@ class JobResult:
     objective: float  # the selection metric's value: what a sweep ranks and a search optimises
     tracking_uri: str
     skipped: bool = False
+    trained: object | None = None  # the pipeline's Trained (model, history, evaluation); None when skipped
 
 
-def run(
+def train_and_record(
     cfg: MnistexpConfig,
     overrides: Sequence[str] = (),
     sweep: SweepContext | None = None,
@@ -36,90 +35,70 @@ def run(
     verbose: bool = False,
     extra_tags: Mapping[str, str] | None = None,
 ) -> JobResult:
-    """Train, evaluate and log one job. `sweep` makes its run a child of the sweep's parent run;
+    """Train, evaluate and record one job. `sweep` makes its run a child of the sweep's parent run;
     `verbose` (hydra.verbose) lets the libraries' own console lines through."""
-    class_names = list(cfg.data.class_names)
-    console.quiet_libraries(verbose)
-    # Data first: a missing or corrupt file fails before TensorFlow loads or a run is opened.
+    environment.quiet_libraries(verbose)
+    data, identity = read_data(cfg, verbose)  # a missing or corrupt file fails before TensorFlow or a run
+    from mnistexp.tracking import lifecycle, records, store
+
+    # An unreachable server fails a command at its start, in seconds; a sweep's parent did that check.
+    store.use_store(cfg.tracking) if sweep else store.check_store(cfg.tracking)
+    selection = selection_of(cfg)
+    if cfg.tracking.skip_finished:
+        earlier = _finished_run(cfg, identity[names.CONFIG_DIGEST_TAG], sweep, selection)
+        if earlier is not None:
+            return earlier
+    interrupts.phase("importing TensorFlow")
+    imports.tensorflow(verbose)
+    from mnistexp.pipeline import model, train_and_evaluate
+
+    tags = {**lifecycle.run_tags(selection), **identity, **(extra_tags or {})}
+    name = cfg.tracking.run_name or (sweep.run_name(list(overrides)) if sweep else model.name_of(cfg.model))
+    with lifecycle.mlflow_run(cfg.tracking, name, tags, sweep.parent_run_id if sweep else None) as run:
+        records.log_config(run, cfg, overrides)
+        records.log_data(run, data, cfg.data.name)
+        trained = train_and_evaluate(
+            cfg,
+            data,
+            callbacks=[records.epoch_metrics_callback(run)],
+            thread_share=sweep.threads if sweep else None,
+            onednn=environment.onednn_setting(),
+        )
+        records.log_trained(run, cfg, data, trained)
+    metrics = trained.metrics()
+    _announce(run, metrics)
+    return JobResult(run.run_id, metrics, selection.objective(metrics), run.uri, trained=trained)
+
+
+def read_data(cfg: MnistexpConfig, verbose: bool) -> tuple[data_lib.Dataset, dict[str, str]]:
+    """The job's data (limited, its validation split drawn) and the tags that identify the job: the
+    digest of config and data (tracking.skip_finished), and of its configuration (replicates)."""
+    from mnistexp.config.schema import config_digest, group_digest
+
     interrupts.phase("loading the data")
     loaded = data_lib.load(cfg.data, verbose)
     data = loaded.limit(cfg.trainer.limit_train_samples, cfg.trainer.limit_test_samples)
     data = data.split_validation(cfg.data.validation_size, cfg.seed)
     _report(data)
-    selection = selection_of(cfg)
-    digest = hashlib.sha256(f"{config_digest(cfg)} {data.digest}".encode()).hexdigest()
-    group = group_digest(cfg, loaded.digest)  # the validation split depends on the seed; the file does not
-
-    from mnistexp.tracking import lifecycle, store
-
-    # An unreachable server fails a command at its start, in seconds; a sweep's parent did that check.
-    store.use_store(cfg.tracking) if sweep else store.check_store(cfg.tracking)
-    if cfg.tracking.skip_finished:
-        earlier = _finished_run(cfg, digest, sweep, selection)
-        if earlier is not None:
-            return earlier
-
-    interrupts.phase("importing TensorFlow")
-    imports.tensorflow(verbose)
-    from mnistexp.pipeline import evaluation as evaluate
-    from mnistexp.pipeline import model as model_lib
-    from mnistexp.pipeline import plots, train
-    from mnistexp.tracking import records
-
-    threads = train.threads_for(cfg.trainer, parameter_count(cfg.model, cfg.data), sweep.threads if sweep else None)
-    runtime = train.configure_runtime(cfg.seed, cfg.trainer, threads)
-    model = model_lib.build(cfg.model, cfg.preprocess, cfg.data)
-    train.compile_model(model, cfg.optimizer, cfg.trainer)
-
-    run_name = cfg.tracking.run_name or (sweep.run_name(list(overrides)) if sweep else model.name)
-    tags = {
-        **lifecycle.environment_tags(),
-        **runtime,
-        **lifecycle.selection_tags(selection),
-        "mnistexp.config_sha256": digest,
-        CONFIG_GROUP_TAG: group,
-        **(extra_tags or {}),
+    return data, {
+        names.CONFIG_DIGEST_TAG: hashlib.sha256(f"{config_digest(cfg)} {data.digest}".encode()).hexdigest(),
+        # the validation split depends on the seed, the file does not: replicates share this one
+        names.CONFIG_GROUP_TAG: group_digest(cfg, loaded.digest),
     }
-    with lifecycle.mlflow_run(cfg.tracking, run_name, tags, sweep.parent_run_id if sweep else None) as run:
-        records.log_config(run, cfg, overrides)
-        records.log_data(run, data, cfg.data.name)
-        records.log_model_setup(run, model)
-        fitted = train.fit(model, data, cfg.trainer, [records.epoch_metrics_callback(run)], cfg.seed)
-        records.log_fit(run, fitted)
-        interrupts.phase("evaluating")
-        results = evaluate.evaluate(model, data, cfg.trainer, cfg.data)
-        interrupts.phase("logging the model")
-        logged_model = records.log_model(run, model, cfg.data.image_shape) if cfg.tracking.log_model else None
-        records.log_evaluation(run, results, class_names, logged_model)
-        interrupts.phase("logging the plots")
-        for name, figure in (
-            ("confusion_matrix", plots.confusion_heatmap(results.confusion, class_names, results.accuracy)),
-            (
-                "sample_predictions",
-                plots.sample_grid(
-                    data.x_test[: cfg.tracking.sample_images], data.y_test, results.predictions, class_names
-                ),
-            ),
-            ("learning_curves", plots.learning_curves(fitted.history, fitted.best_epoch)),
-        ):
-            run.figure(figure, f"plots/{name}.png")
-            plots.close(figure)
 
-    metrics = {
-        **fitted.kept_metrics(),
-        "test_loss": results.loss,
-        "test_accuracy": results.accuracy,
-        "fit_seconds": fitted.fit_seconds,
-        "samples_per_second": fitted.samples_per_second,
-    }
+
+def _announce(run, metrics: Mapping[str, float]) -> None:
+    from mnistexp.tracking import store
+
     kept = "".join(f" {name}={metrics[name]:.4f}" for name in ("val_accuracy", "val_loss") if name in metrics)
-    log.info("test_accuracy=%.4f test_loss=%.4f%s run_id=%s", results.accuracy, results.loss, kept, run.run_id)
     log.info(
-        "see it: %s, then %s",
-        store.ui_command(run.uri),
-        store.run_page(run.uri, run.experiment_id, run.run_id),
+        "test_accuracy=%.4f test_loss=%.4f%s run_id=%s",
+        metrics["test_accuracy"],
+        metrics["test_loss"],
+        kept,
+        run.run_id,
     )
-    return JobResult(run.run_id, metrics, selection.objective(metrics), run.uri)
+    log.info("see it: %s, then %s", store.ui_command(run.uri), store.run_page(run.uri, run.experiment_id, run.run_id))
 
 
 def _finished_run(
@@ -128,9 +107,14 @@ def _finished_run(
     """With tracking.skip_finished: the earlier FINISHED run of this exact config, reported and reused."""
     import mlflow
 
+    from mnistexp.sweep.handoff import REUSED_TAG_PREFIX
     from mnistexp.tracking import lifecycle
+    from mnistexp.tracking.outages import TrackingOutageError
 
-    run_id = lifecycle.find_finished_run(cfg.tracking, digest)
+    try:
+        run_id = lifecycle.find_finished_run(cfg.tracking, digest)
+    except TrackingOutageError:
+        return None  # the server is away: train it again rather than wait
     if run_id is None:
         return None
     metrics = dict(mlflow.get_run(run_id).data.metrics)
@@ -146,8 +130,8 @@ def _finished_run(
 
 
 def _report(data: data_lib.Dataset) -> None:
-    summary = data.summary()
-    shapes = "  ".join(f"{name} {tuple(shape)}" for name, shape in summary["shapes"].items())
-    log.info("data: %s", summary["source"])
+    overview = data.overview()
+    shapes = "  ".join(f"{name} {tuple(shape)}" for name, shape in overview["shapes"].items())
+    log.info("data: %s", overview["source"])
     log.info("shapes: %s", shapes)
-    log.info("first labels: train %s  test %s", summary["first_train_labels"], summary["first_test_labels"])
+    log.info("first labels: train %s  test %s", overview["first_train_labels"], overview["first_test_labels"])

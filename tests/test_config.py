@@ -149,8 +149,8 @@ def test_pinned_seed_experiments(compose_cfg, name, hidden_units):
     ],
 )
 def test_auto_threads_share_the_cores_among_the_jobs_that_run_at_once(launcher, jobs, expected):
+    from mnistexp.environment import available_cores
     from mnistexp.sweep.callback import threads_per_job
-    from mnistexp.sweep.handoff import available_cores
 
     cfg = compose(launcher, return_hydra_config=True)
     cores = available_cores()

@@ -113,7 +113,7 @@ def test_the_test_split_gets_the_checks_data_path_gets(tmp_path):
 def test_summary_reports_shapes_first_labels_and_a_stable_digest(tmp_path):
     arrays = make_arrays()
     path = write_npz(tmp_path / "d.npz", **arrays)
-    summary = load_path(path).summary()
+    summary = load_path(path).overview()
     assert summary["shapes"]["x_train"] == [12, 28, 28] and summary["shapes"]["y_test"] == [6]
     assert summary["first_train_labels"] == arrays["y_train"][:5].tolist()
     assert summary["first_test_labels"] == arrays["y_test"][:5].tolist()
@@ -263,8 +263,8 @@ def test_the_validation_split_is_disjoint_stratified_and_seeded(size):
     again = data.split_validation(size, seed=7)
     np.testing.assert_array_equal(again.x_val, split.x_val)  # same data and seed, same examples
     assert not np.array_equal(data.split_validation(size, seed=8).x_val, split.x_val)
-    assert split.summary()["validation_size"] == 200
-    assert split.summary()["validation_class_counts"] == np.bincount(split.y_val).tolist()
+    assert split.overview()["validation_size"] == 200
+    assert split.overview()["validation_class_counts"] == np.bincount(split.y_val).tolist()
 
 
 def test_no_validation_split_leaves_the_training_split_whole():

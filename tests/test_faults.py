@@ -111,7 +111,7 @@ def test_an_error_inside_a_run_ends_it_failed_with_the_message_and_traceback(
     monkeypatch.setattr(train, "fit", broken_fit)
     cfg = compose_cfg(f"data.path={mnist_path}", f"tracking.uri={store}", *TINY)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        job.run(validate(cfg))
+        job.train_and_record(validate(cfg))
     [run] = all_runs(store)
     assert run.info.status == "FAILED"
     assert run.data.tags["mnistexp.error"] == "RuntimeError: disk on fire"

@@ -68,7 +68,7 @@ def finished(tmp_path_factory):
     config = validate(compose(overrides))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Dataset, "split_validation", misleading_validation)
-        result = job.run(config, overrides)
+        result = job.train_and_record(config, overrides)
     client = MlflowClient(store)
     return {
         "result": result,
@@ -171,6 +171,6 @@ def test_a_diverging_loss_fails_the_run_with_the_learning_rate_hint(tmp_path, en
     config = validate(compose(overrides))
     config.optimizer.learning_rate = 1e30  # past validate's bound (10): no valid config diverges on this data
     with pytest.raises(TrainingDivergedError, match=r"NaN/inf .* optimizer\.learning_rate"):
-        job.run(config, overrides)
+        job.train_and_record(config, overrides)
     [run] = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("mnistexp").experiment_id])
     assert run.info.status == "FAILED" and "optimizer.learning_rate" in run.data.tags["mnistexp.error"]

@@ -9,7 +9,7 @@ import pytest
 from mnistexp.config.validation import parameter_count, validate
 from mnistexp.errors import TrainingDivergedError
 from mnistexp.pipeline import model as model_lib
-from mnistexp.pipeline import train
+from mnistexp.pipeline import runtime, train
 from mnistexp.pipeline.data import Dataset
 from mnistexp.pipeline.evaluation import evaluate, per_class_precision_recall
 
@@ -226,6 +226,38 @@ def test_early_stopping_stops_and_keeps_the_best_weights(compose_cfg, engine):
     ],
 )
 def test_auto_threads_follow_the_arithmetic_of_a_step(compose_cfg, monkeypatch, overrides, share, wanted):
-    monkeypatch.setattr(train, "available_cores", lambda: 64)
+    monkeypatch.setattr(runtime, "available_cores", lambda: 64)
     cfg = validate(compose_cfg(*overrides))
-    assert train.threads_for(cfg.trainer, parameter_count(cfg.model, cfg.data), share) == wanted
+    assert runtime.threads_for(cfg.trainer, parameter_count(cfg.model, cfg.data), share) == wanted
+
+
+PIPELINE_WITHOUT_MLFLOW = """
+import sys
+sys.modules["mlflow"] = None  # any import of MLflow now fails
+import numpy as np
+from mnistexp.config.schema import compose
+from mnistexp.config.validation import validate
+from mnistexp.pipeline import train_and_evaluate
+from mnistexp.pipeline.data import Dataset
+
+rng = np.random.default_rng(0)
+labels = rng.integers(0, 10, 700).astype(np.uint8)
+images = rng.integers(0, 30, (700, 28, 28)).astype(np.uint8)
+images[np.arange(700), 2 * labels] = 255  # class k lights up row 2k
+data = Dataset(images[:500], labels[:500], images[500:], labels[500:], "toy", x_val=images[400:500], y_val=labels[400:500])
+cfg = validate(compose(["trainer.epochs=2", "trainer.verbose=0", "optimizer.learning_rate=0.01", "data.validation_size=100"]))
+trained = train_and_evaluate(cfg, data)
+figures = [name for name, figure in trained.figures(data, list(cfg.data.class_names), 9)]
+print(trained.evaluation.accuracy, len(trained.history["val_loss"]), ",".join(figures), "mlflow" in sys.modules and sys.modules["mlflow"] is not None)
+"""
+
+
+def test_the_pipeline_trains_and_evaluates_with_mlflow_absent():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PIPELINE_WITHOUT_MLFLOW], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    accuracy, epochs, figures, mlflow_loaded = done.stdout.split()
+    assert float(accuracy) > 0.9 and epochs == "2" and mlflow_loaded == "False"
+    assert figures == "confusion_matrix,sample_predictions,learning_curves"

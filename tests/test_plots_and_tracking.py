@@ -9,8 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from mnistexp.pipeline import plots
-from mnistexp.tracking.store import run_page, ui_command
 from mnistexp.tracking.records import flatten
+from mnistexp.tracking.store import run_page, ui_command
 
 
 def test_confusion_heatmap_annotates_every_cell_with_its_count():

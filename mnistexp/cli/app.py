@@ -37,9 +37,9 @@ def _job(cfg: DictConfig) -> float:
     sweep = SweepContext.from_env()  # set by the sweep's callback through hydra.job.env_set
     try:
         config = validate(cfg)
-        from mnistexp.job import run  # TensorFlow and MLflow load only for a job that will run
+        from mnistexp.job import train_and_record  # TensorFlow and MLflow load only for a job that will run
 
-        return run(config, overrides, sweep, verbose=bool(hydra_cfg.verbose)).objective
+        return train_and_record(config, overrides, sweep, verbose=bool(hydra_cfg.verbose)).objective
     except Exception as error:
         if SHOW_TRACEBACKS or not (in_sweep or isinstance(error, UserError)):
             raise  # a bug outside a sweep: the traceback is what helps

@@ -227,9 +227,9 @@ def reproduce_run(args: argparse.Namespace) -> int:
     cfg.tracking.run_name = f"reproduce {original.info.run_name}"
     cfg.tracking.skip_finished = False
 
-    from mnistexp.job import run
+    from mnistexp.job import train_and_record
 
-    result = run(cfg, overrides=[], sweep=None, extra_tags={"mnistexp.reproduces": args.run_id})
+    result = train_and_record(cfg, overrides=[], sweep=None, extra_tags={"mnistexp.reproduces": args.run_id})
     again = _get_run(client, result.run_id)
 
     print(f"{'metric':<16}{'original':>14}{'reproduced':>14}  same")

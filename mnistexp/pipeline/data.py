@@ -107,7 +107,8 @@ class Dataset:
                 sha.update(np.ascontiguousarray(array).tobytes())
         return sha.hexdigest()
 
-    def summary(self) -> dict:
+    def overview(self) -> dict:
+        """Shapes, dtypes, first labels, class counts, the validation split's size and the digest."""
         arrays = {name: getattr(self, name) for name in ARRAYS if getattr(self, name) is not None}
         val_labels = self.validation[1] if self.validation else np.zeros(0, np.int64)
         return {

@@ -19,5 +19,10 @@ def build(model_cfg: ModelConfig, preprocess_cfg: PreprocessConfig, data_cfg: Da
     for index, units in enumerate(sizes, start=1):
         x = layers.Dense(units, activation=model_cfg.hidden_activation, name=f"hidden_{index}")(x)
     outputs = layers.Dense(len(data_cfg.class_names), activation=model_cfg.output_activation, name="output")(x)
-    name = "dense_" + "_".join(map(str, sizes)) if sizes else "linear"
-    return keras.Model(inputs, outputs, name=name)
+    return keras.Model(inputs, outputs, name=name_of(model_cfg))
+
+
+def name_of(model_cfg: ModelConfig) -> str:
+    """`linear` for no hidden layer, `dense_100`, `dense_256_128`: a run's name unless tracking.run_name."""
+    sizes = hidden_layer_sizes(model_cfg.hidden_units)
+    return "dense_" + "_".join(map(str, sizes)) if sizes else "linear"

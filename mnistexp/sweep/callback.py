@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from mnistexp import interrupts
 from mnistexp.config.schema import TrackingConfig, typed
 from mnistexp.config.selection import Selection
-from mnistexp.environment import quiet_libraries
+from mnistexp.environment import available_cores, quiet_libraries
 from mnistexp.errors import SHOW_TRACEBACKS, UserError, first_line, report
-from mnistexp.sweep.handoff import SweepContext, available_cores
+from mnistexp.sweep.handoff import SweepContext
 from mnistexp.tracking.masking import mask
 
 log = logging.getLogger("mnistexp")

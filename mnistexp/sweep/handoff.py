@@ -65,11 +65,6 @@ class SweepContext:
                 config.hydra.overrides.hydra.append(f"+hydra.job.env_set.{name}={_quoted(value)}")
 
 
-def available_cores() -> int:
-    """The cores this process may run on (a Slurm or container limit included)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _quoted(value: str) -> str:
     """A string as a quoted value in Hydra's override grammar (no interpolation, no sweep)."""
     escaped = value.replace("'", "\\'").replace("${", "\\${")  # OmegaConf reads \${ as a literal ${

@@ -192,6 +192,11 @@ def _git(*args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
+def run_tags(selection: Selection) -> dict[str, str]:
+    """What every job's run carries from the start: library versions, the git commit, the selection rule."""
+    return {**environment_tags(), **selection_tags(selection)}
+
+
 def selection_tags(selection: Selection) -> dict[str, str]:
     """What ranks this run among others (`mnistexp-runs compare` reads it)."""
     return {"mnistexp.selection_metric": selection.metric, "mnistexp.selection_mode": selection.mode}

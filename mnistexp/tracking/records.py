@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from mnistexp.tracking import names
 from mnistexp.tracking.masking import mask, masked
 
 if TYPE_CHECKING:
     import keras
 
     from mnistexp.config.schema import MnistexpConfig
+    from mnistexp.pipeline import Trained
     from mnistexp.pipeline.data import Dataset
     from mnistexp.pipeline.evaluation import Evaluation
     from mnistexp.pipeline.train import FitResult
@@ -53,9 +55,9 @@ def _param(value: Any) -> Any:
 
 def log_data(run: Recording, data: Dataset, name: str) -> None:
     """The data summary (shapes, first labels, split sizes, digest) as JSON; every split as a dataset input."""
-    summary = data.summary()
-    run.dict(summary, "data/summary.json")
-    run.tags({"mnistexp.data_sha256": summary["sha256"]})
+    overview = data.overview()
+    run.dict(overview, names.DATA_SUMMARY_ARTIFACT)
+    run.tags({names.DATA_DIGEST_TAG: overview["sha256"]})
     splits = [("training", data.x_train, data.y_train), ("testing", data.x_test, data.y_test)]
     if data.validation is not None:
         splits.insert(1, ("validation", *data.validation))
@@ -64,7 +66,7 @@ def log_data(run: Recording, data: Dataset, name: str) -> None:
 
 def log_test_input(run: Recording, data: Dataset, name: str) -> None:
     """The test split as an MLflow dataset input with context `evaluation`, and its summary."""
-    run.dict(data.summary(), "data/summary.json")
+    run.dict(data.overview(), names.DATA_SUMMARY_ARTIFACT)
     run.inputs([_dataset_input(data.x_test, data.y_test, data, f"{name}-evaluation", "evaluation")])
 
 
@@ -150,3 +152,21 @@ def log_evaluation(run: Recording, evaluation: Evaluation, class_names: Sequence
     writer.writerow(["true \\ predicted", *class_names])
     writer.writerows([name, *row] for name, row in zip(class_names, evaluation.confusion.tolist(), strict=True))
     run.text(table.getvalue(), "evaluation/confusion_matrix.csv")
+
+
+def log_trained(run: Recording, cfg: MnistexpConfig, data: Dataset, trained: Trained) -> None:
+    """Everything the pipeline computed: the runtime facts, the model's setup, training time and the
+    epochs early stopping chose, the model (tracking.log_model), the test figures and the plots."""
+    from mnistexp import interrupts
+    from mnistexp.pipeline import plots
+
+    run.tags(trained.runtime)
+    log_model_setup(run, trained.model)
+    log_fit(run, trained.fitted)
+    interrupts.phase("logging the model")
+    logged = log_model(run, trained.model, cfg.data.image_shape) if cfg.tracking.log_model else None
+    log_evaluation(run, trained.evaluation, list(cfg.data.class_names), logged)
+    interrupts.phase("logging the plots")
+    for name, figure in trained.figures(data, list(cfg.data.class_names), cfg.tracking.sample_images):
+        run.figure(figure, f"plots/{name}.png")
+        plots.close(figure)
