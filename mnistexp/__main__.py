@@ -1,5 +1,5 @@
 """`python -m mnistexp` is the `mnistexp` command."""
 
-from mnistexp.cli.main import main
+from mnistexp.cli.main import mnistexp
 
-main()
+mnistexp()

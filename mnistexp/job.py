@@ -107,7 +107,6 @@ def _finished_run(
     """With tracking.skip_finished: the earlier FINISHED run of this exact config, reported and reused."""
     import mlflow
 
-    from mnistexp.sweep.handoff import REUSED_TAG_PREFIX
     from mnistexp.tracking import lifecycle
     from mnistexp.tracking.outages import TrackingOutageError
 
@@ -119,7 +118,7 @@ def _finished_run(
         return None
     metrics = dict(mlflow.get_run(run_id).data.metrics)
     if sweep:
-        mlflow.MlflowClient().set_tag(sweep.parent_run_id, f"{REUSED_TAG_PREFIX}{digest[:16]}", run_id)
+        mlflow.MlflowClient().set_tag(sweep.parent_run_id, f"{names.REUSED_TAG_PREFIX}{digest[:16]}", run_id)
     log.info(
         "skipped: run %s already FINISHED with this config (%s=%.4f)",
         run_id,

@@ -244,11 +244,15 @@ rng = np.random.default_rng(0)
 labels = rng.integers(0, 10, 700).astype(np.uint8)
 images = rng.integers(0, 30, (700, 28, 28)).astype(np.uint8)
 images[np.arange(700), 2 * labels] = 255  # class k lights up row 2k
-data = Dataset(images[:500], labels[:500], images[500:], labels[500:], "toy", x_val=images[400:500], y_val=labels[400:500])
-cfg = validate(compose(["trainer.epochs=2", "trainer.verbose=0", "optimizer.learning_rate=0.01", "data.validation_size=100"]))
+data = Dataset(
+    images[:500], labels[:500], images[500:], labels[500:], "toy", x_val=images[400:500], y_val=labels[400:500]
+)
+overrides = ["trainer.epochs=2", "trainer.verbose=0", "optimizer.learning_rate=0.01", "data.validation_size=100"]
+cfg = validate(compose(overrides))
 trained = train_and_evaluate(cfg, data)
 figures = [name for name, figure in trained.figures(data, list(cfg.data.class_names), 9)]
-print(trained.evaluation.accuracy, len(trained.history["val_loss"]), ",".join(figures), "mlflow" in sys.modules and sys.modules["mlflow"] is not None)
+loaded = "mlflow" in sys.modules and sys.modules["mlflow"] is not None
+print(trained.evaluation.accuracy, len(trained.history["val_loss"]), ",".join(figures), loaded)
 """
 
 

@@ -195,11 +195,11 @@ def test_past_the_grace_the_whole_run_goes_to_the_spool_and_sync_delivers_it_onc
     server_run = run.run_id  # made on the server before it went away
     write_a_run(run, switch, down_from=2)
     assert run.spooled and run.run_id != server_run
-    spooled = MlflowClient(spool.uri(stores["spool"]))
+    spooled = MlflowClient(spool.spool_uri(stores["spool"]))
     assert_the_whole_run(spooled, run.run_id, stores["path"] / "a")  # everything, from the first write
     assert MlflowClient(stores["server"]).get_run(server_run).info.status == "RUNNING"  # as the server last saw it
 
-    done = sync.sync(stores["spool"], stores["server"], summarise=lambda *args: pytest.fail("no sweep here"))
+    done = sync.deliver_spool(stores["spool"], stores["server"], summarise=lambda *args: pytest.fail("no sweep here"))
     assert done.runs == [server_run]  # the run the job began on the server, completed, not a copy beside it
     server = MlflowClient(stores["server"])
     assert_the_whole_run(server, server_run, stores["path"] / "b")
@@ -216,8 +216,8 @@ def test_sync_twice_adds_nothing_the_second_time(stores):
     import shutil
 
     shutil.copytree(stores["spool"], copy)
-    first = sync.sync(stores["spool"], stores["server"], summarise=lambda *args: None)
-    again = sync.sync(copy, stores["server"], summarise=lambda *args: None)
+    first = sync.deliver_spool(stores["spool"], stores["server"], summarise=lambda *args: None)
+    again = sync.deliver_spool(copy, stores["server"], summarise=lambda *args: None)
     assert first.runs == again.runs and len(first.runs) == 1
     server = MlflowClient(stores["server"])
     [only] = server.search_runs([server.get_experiment_by_name("mnistexp").experiment_id])
@@ -295,7 +295,7 @@ def test_an_unreachable_tracking_server_is_one_line_naming_it_without_its_passwo
 
 
 def test_the_same_rider_serves_a_process(monkeypatch):
-    first = outages.rider("http://127.0.0.1:5", 30)
-    assert outages.rider("http://127.0.0.1:5", 30) is first
+    first = outages.shared_rider("http://127.0.0.1:5", 30)
+    assert outages.shared_rider("http://127.0.0.1:5", 30) is first
     assert not math.isnan(first.grace)
     assert np.isclose(first.grace, 30)

@@ -118,7 +118,7 @@ def test_one_replicate_has_no_interval_and_failed_replicates_are_left_out():
     assert found["-1"].n == 0 and found["-1"].status == "FAILED"
     assert replicates.groups(table, ["model.hidden_units"], VAL)[-1].values["model.hidden_units"] == "-1"
     assert found["16"].standing == "n/a"  # a single seed shared with the best: nothing to tell
-    lines = list(csv.DictReader(io.StringIO(replicates.to_csv(list(found.values()), ["model.hidden_units"]))))
+    lines = list(csv.DictReader(io.StringIO(replicates.groups_csv(list(found.values()), ["model.hidden_units"]))))
     by_units = {line["model.hidden_units"]: line for line in lines}
     assert by_units["16"]["val_accuracy_ci95"] == "" and by_units["16"]["n"] == "1"
     assert by_units["-1"]["status"] == "FAILED" and by_units["-1"]["val_accuracy_mean"] == ""
@@ -252,7 +252,7 @@ def test_the_sweep_summary_ranks_configurations_and_logs_their_means(sweep_store
 def test_compare_groups_replicates_and_says_when_there_are_none(sweep_store, capsys):
     uri, parent = sweep_store["uri"], sweep_store["parent"]
     plot = sweep_store["path"] / "plot.png"
-    assert runs_cli.main(["--tracking-uri", uri, "compare", "--parent", parent, "--plot", str(plot)]) == 0
+    assert runs_cli.mnistexp_runs(["--tracking-uri", uri, "compare", "--parent", parent, "--plot", str(plot)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("configurations ranked by the mean val_accuracy (max)")
     assert lines[1].split()[:4] == ["model.hidden_units", "status", "n", "val_accuracy"]
@@ -263,12 +263,12 @@ def test_compare_groups_replicates_and_says_when_there_are_none(sweep_store, cap
     assert f"{mean:.4f} ± {half:.4f}" in body[0]
     assert plot.stat().st_size > 1000
 
-    assert runs_cli.main(["--tracking-uri", uri, "compare", "--parent", parent, "--no-group"]) == 0
+    assert runs_cli.mnistexp_runs(["--tracking-uri", uri, "compare", "--parent", parent, "--no-group"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2 + 15  # every run again
 
     client = sweep_store["client"]
     for run_id in sweep_store["children"]:  # every run a configuration of its own: no replicates
         client.set_tag(run_id, "mnistexp.config_group", run_id)
-    assert runs_cli.main(["--tracking-uri", uri, "compare", "--parent", parent]) == 0
+    assert runs_cli.mnistexp_runs(["--tracking-uri", uri, "compare", "--parent", parent]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "ranked by val_accuracy (max)" and out[-1] == "one run per configuration, no interval"

@@ -23,9 +23,9 @@ RUNS = [  # name: (val_accuracy, val_loss, test_accuracy); the best by validatio
 
 
 def test_the_default_is_val_accuracy_with_a_split_and_test_accuracy_without():
-    assert Selection.from_config(None, "auto", 10000) == Selection("val_accuracy", "max")
-    assert Selection.from_config(None, "auto", 0.1) == Selection("val_accuracy", "max")
-    without = Selection.from_config(None, "auto", 0)
+    assert Selection.of(None, "auto", 10000) == Selection("val_accuracy", "max")
+    assert Selection.of(None, "auto", 0.1) == Selection("val_accuracy", "max")
+    without = Selection.of(None, "auto", 0)
     assert without == Selection("test_accuracy", "max") and without.on_test_data
     assert "selected on test data" in without.describe()
     assert "test data" not in Selection("val_accuracy", "max").describe()
@@ -80,7 +80,7 @@ def test_tables_rank_by_the_selection_metric_in_either_direction(store):
 
 
 def test_compare_ranks_by_the_runs_selection_metric_and_hides_result_neutral_keys(store, capsys):
-    assert runs_cli.main(["--tracking-uri", store, "compare"]) == 0
+    assert runs_cli.mnistexp_runs(["--tracking-uri", store, "compare"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "ranked by val_accuracy (max)"
     header = lines[1].split()
@@ -91,11 +91,11 @@ def test_compare_ranks_by_the_runs_selection_metric_and_hides_result_neutral_key
 
 
 def test_compare_by_another_metric_and_direction(store, capsys):
-    assert runs_cli.main(["--tracking-uri", store, "compare", "--metric", "val_loss", "--mode", "max"]) == 0
+    assert runs_cli.mnistexp_runs(["--tracking-uri", store, "compare", "--metric", "val_loss", "--mode", "max"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "ranked by val_loss (max)"
     assert [line.split()[1] for line in lines[2:-1]] == ["a", "c", "b", "d"]
-    assert runs_cli.main(["--tracking-uri", store, "compare", "--metric", "test_accuracy"]) == 0
+    assert runs_cli.mnistexp_runs(["--tracking-uri", store, "compare", "--metric", "test_accuracy"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "ranked by test_accuracy (max), selected on test data"
 
 

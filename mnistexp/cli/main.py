@@ -13,7 +13,7 @@ from mnistexp.errors import report
 from mnistexp.tracking.masking import hide_in_overrides
 
 
-def main() -> None:
+def mnistexp() -> None:
     interrupts.install()  # before Hydra, TensorFlow and MLflow load: a signal then is answered like any other
     interrupts.pause_at(os.environ.get("MNISTEXP_TEST_PAUSE_AT"))  # the signal tests' hook (interrupts.phase)
     sys.argv[1:] = hide_in_overrides(sys.argv[1:], os.environ)  # passwords stay out of Hydra's files

@@ -150,7 +150,7 @@ def ray_cpus(threads: int | str) -> int:
 
 def optuna_direction(metric: str | None, mode: str, validation_size: int | float) -> str:
     """`maximize` or `minimize`: the Optuna study's direction follows the selection rule."""
-    return f"{Selection.from_config(metric, mode, validation_size).mode}imize"
+    return f"{Selection.of(metric, mode, validation_size).mode}imize"
 
 
 def study_storage(tracking_uri: str | None) -> str:
@@ -174,7 +174,7 @@ RESULT_NEUTRAL_KEYS = ("tracking", "selection", "trainer.verbose", "data.path")
 
 def selection_of(config: MnistexpConfig) -> Selection:
     """The selection rule this config sets (see conf/selection/default.yaml)."""
-    return Selection.from_config(config.selection.metric, config.selection.mode, config.data.validation_size)
+    return Selection.of(config.selection.metric, config.selection.mode, config.data.validation_size)
 
 
 def typed(node: DictConfig, schema: type[Node]) -> Node:

@@ -28,8 +28,9 @@ class Selection:
     mode: str  # max or min
 
     @classmethod
-    def from_config(cls, metric: str | None, mode: str, validation_size: float) -> Selection:
-        """`metric: null` picks val_accuracy when there is a validation split, else test_accuracy."""
+    def of(cls, metric: str | None, mode: str, validation_size: float = 0) -> Selection:
+        """The rule from the config's keys, or a run's tags: `metric: null` picks val_accuracy when there is
+        a validation split, else test_accuracy; `mode: auto` a direction by the metric's name."""
         chosen = metric or ("val_accuracy" if validation_size else "test_accuracy")
         return cls(chosen, direction(chosen, mode))
 

@@ -18,6 +18,7 @@ from mnistexp.config.selection import Selection
 from mnistexp.environment import available_cores, quiet_libraries
 from mnistexp.errors import SHOW_TRACEBACKS, UserError, first_line, report
 from mnistexp.sweep.handoff import SweepContext
+from mnistexp.tracking import names
 from mnistexp.tracking.masking import mask
 
 log = logging.getLogger("mnistexp")
@@ -99,13 +100,11 @@ class MlflowSweep(Callback):
             interrupts.phase("composing the sweep")
             keys, size = sweep_plan(config)
             tracking_cfg = typed(config.tracking, TrackingConfig)
-            selection = Selection.from_config(
-                config.selection.metric, config.selection.mode, config.data.validation_size
-            )
+            selection = Selection.of(config.selection.metric, config.selection.mode, config.data.validation_size)
             tags = {
-                "mnistexp.sweep": "parent",
-                "mnistexp.swept_keys": ",".join(keys),
-                "mnistexp.sweep_overrides": mask(" ".join(config.hydra.overrides.task)),
+                names.SWEEP_TAG: names.SWEEP_PARENT,
+                names.SWEPT_KEYS_TAG: ",".join(keys),
+                names.SWEEP_OVERRIDES_TAG: mask(" ".join(config.hydra.overrides.task)),
                 **lifecycle.selection_tags(selection),
             }
             study = None
@@ -117,7 +116,7 @@ class MlflowSweep(Callback):
                 else:
                     name = f"sweep {' '.join(keys)}".strip()
                     parent = lifecycle.start_parent_run(
-                        tracking_cfg, name, {**tags, "mnistexp.sweep_size": str(size or "?")}
+                        tracking_cfg, name, {**tags, names.SWEEP_SIZE_TAG: str(size or "?")}
                     )
             except UserError as error:
                 report(str(error))
@@ -142,7 +141,7 @@ class MlflowSweep(Callback):
         parent = lifecycle.start_parent_run(
             tracking_cfg,
             f"study {study.study_name}",
-            {**tags, "mnistexp.study_name": study.study_name, "mnistexp.study_storage": mask(storage)},
+            {**tags, names.STUDY_NAME_TAG: study.study_name, names.STUDY_STORAGE_TAG: mask(storage)},
         )
         study.set_user_attr(search.PARENT_ATTR, parent)
         return parent

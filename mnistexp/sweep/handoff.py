@@ -15,7 +15,6 @@ SWEPT_KEYS_ENV = "MNISTEXP_SWEPT_KEYS"
 SWEEP_SIZE_ENV = "MNISTEXP_SWEEP_SIZE"
 THREADS_ENV = "MNISTEXP_JOB_THREADS"
 DATA_ENV = "MNISTEXP_DATA"  # conf/data/mnist.yaml: data.path when set
-REUSED_TAG_PREFIX = "mnistexp.reused_job."  # parent tag: a job skipped for an earlier FINISHED run
 
 
 @dataclass(frozen=True)

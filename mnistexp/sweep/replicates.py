@@ -241,7 +241,7 @@ def _number(value: float) -> str:
     return "" if math.isnan(value) else repr(value)
 
 
-def to_csv(table: Sequence[Group], keys: Sequence[str]) -> str:
+def groups_csv(table: Sequence[Group], keys: Sequence[str]) -> str:
     """sweep/groups.csv: one row per configuration, best first, full-precision figures."""
     keys = [key for key in keys if key != "seed"]
     buffer = io.StringIO()
@@ -251,7 +251,7 @@ def to_csv(table: Sequence[Group], keys: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def to_text(table: Sequence[Group], keys: Sequence[str], selection: Selection) -> str:
+def groups_text(table: Sequence[Group], keys: Sequence[str], selection: Selection) -> str:
     """An aligned table for the terminal: a configuration a line, mean ± 95% interval, how it stands to the best."""
     keys = [key for key in keys if key != "seed"]
     metrics = list(table[0].figures) if table else [selection.metric]

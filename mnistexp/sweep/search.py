@@ -17,11 +17,12 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
 
 from mnistexp.errors import UserError, first_line
+from mnistexp.tracking import names
 from mnistexp.tracking.masking import mask, unmask
 
 log = logging.getLogger("mnistexp")
 
-PARENT_ATTR = "mnistexp.parent_run_id"  # the study's user attribute naming its MLflow parent run
+PARENT_ATTR = names.STUDY_PARENT_ATTR  # the study's user attribute naming its MLflow parent run
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -107,9 +108,9 @@ def log_study(client, parent_run_id: str, study) -> str:
     optimization history, parameter importances and parallel coordinates as PNG, the best trial's
     values as `best.*` tags and search/best_trial.yaml. Returns a line for the sweep's report."""
     parent = client.get_run(parent_run_id)
-    children = client.search_runs(
-        [parent.info.experiment_id], max_results=10_000, filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
-    )
+    from mnistexp.tracking import lifecycle
+
+    children = lifecycle.children_of(client, parent)
     runs = match_trials_to_runs(study.trials, children)
     client.log_text(parent_run_id, _trials_csv(study.trials, runs), "search/trials.csv")
     for name, figure in _study_figures(study):

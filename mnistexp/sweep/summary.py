@@ -9,7 +9,6 @@ from typing import Any
 from mnistexp.config.schema import TrackingConfig
 from mnistexp.config.selection import Selection
 from mnistexp.sweep import replicates
-from mnistexp.sweep.handoff import REUSED_TAG_PREFIX
 from mnistexp.tracking import names
 from mnistexp.tracking.masking import mask
 
@@ -33,32 +32,32 @@ def finish_parent_run(
     from mlflow import MlflowClient
 
     from mnistexp import interrupts
-    from mnistexp.sweep import tables as summary
-    from mnistexp.tracking import store
+    from mnistexp.sweep import tables
+    from mnistexp.tracking import lifecycle, store
     from mnistexp.tracking.outages import RidingClient
 
     interrupts.phase("writing the summary")
     store.use_store(tracking_cfg)
     client: Any = RidingClient(MlflowClient(), store.rider_for(tracking_cfg))  # an outage now is waited out
     parent = client.get_run(parent_run_id)
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10_000
-    )
+    children = lifecycle.children_of(client, parent)
     interrupted = interrupted or interrupts.received() is not None
     ended = [_ended(client, child, interrupted) for child in children]
-    reused = [client.get_run(run_id) for tag, run_id in parent.data.tags.items() if tag.startswith(REUSED_TAG_PREFIX)]
-    table = summary.rows([*ended, *reused], selection)
-    keys = [key for key in parent.data.tags.get("mnistexp.swept_keys", "").split(",") if key]
-    keys = keys or summary.varying_keys(table)
-    client.log_text(parent_run_id, summary.to_csv(table, keys, selection), "sweep/summary.csv")
-    client.set_tag(parent_run_id, "mnistexp.selection", selection.describe())
+    reused = [
+        client.get_run(run_id) for tag, run_id in parent.data.tags.items() if tag.startswith(names.REUSED_TAG_PREFIX)
+    ]
+    table = tables.rows([*ended, *reused], selection)
+    keys = [key for key in parent.data.tags.get(names.SWEPT_KEYS_TAG, "").split(",") if key]
+    keys = keys or tables.varying_keys(table)
+    client.log_text(parent_run_id, tables.runs_csv(table, keys, selection), names.SUMMARY_ARTIFACT)
+    client.set_tag(parent_run_id, names.SELECTION_TAG, selection.describe())
 
     metric = selection.metric
     finished = [row for row in table if row.status == "FINISHED" and not math.isnan(row.metric(metric))]
     statuses = [row.status for row in table]
-    client.log_metric(parent_run_id, "jobs_finished", len(finished))
-    client.log_metric(parent_run_id, "jobs_failed", statuses.count("FAILED"))
-    client.log_metric(parent_run_id, "jobs_killed", statuses.count("KILLED"))
+    client.log_metric(parent_run_id, names.JOBS_FINISHED, len(finished))
+    client.log_metric(parent_run_id, names.JOBS_FAILED, statuses.count("FAILED"))
+    client.log_metric(parent_run_id, names.JOBS_KILLED, statuses.count("KILLED"))
     report = [
         f"sweep {parent_run_id}: {len(finished)} finished, {statuses.count('FAILED')} failed, "
         f"{statuses.count('KILLED')} killed"
@@ -66,7 +65,7 @@ def finish_parent_run(
     configurations = replicates.groups(table, keys, selection)
     replicated = replicates.has_replicates(table)
     if replicated:
-        client.log_text(parent_run_id, replicates.to_csv(configurations, keys), names.GROUPS_ARTIFACT)
+        client.log_text(parent_run_id, replicates.groups_csv(configurations, keys), names.GROUPS_ARTIFACT)
     if finished:
         report.append(
             _log_best_group(client, parent_run_id, configurations, selection)
@@ -75,7 +74,9 @@ def finish_parent_run(
         )
         _log_plots(client, parent_run_id, configurations, keys, metric)
     report.append(
-        replicates.to_text(configurations, keys, selection) if replicated else summary.to_text(table, keys, selection)
+        replicates.groups_text(configurations, keys, selection)
+        if replicated
+        else tables.runs_text(table, keys, selection)
     )
     interrupted = interrupts.settle() is not None or interrupted  # a later signal changes nothing
     status = (
@@ -108,9 +109,9 @@ def owe_summary(tracking_cfg: TrackingConfig, parent_run_id: str, selection: Sel
     tags = {
         names.SPOOL_SUMMARY_TAG: parent_run_id,
         names.SPOOL_SERVER_TAG: mask(uri),
-        "mnistexp.interrupted": str(interrupted),
-        "mnistexp.selection_metric": selection.metric,
-        "mnistexp.selection_mode": selection.mode,
+        names.INTERRUPTED_TAG: str(interrupted),
+        names.SELECTION_METRIC_TAG: selection.metric,
+        names.SELECTION_MODE_TAG: selection.mode,
     }
     note = sink.client.create_run(experiment, run_name=f"summary of sweep {parent_run_id}", tags=tags)
     sink.client.set_terminated(note.info.run_id, "FINISHED")
@@ -127,32 +128,32 @@ def summarise_again(uri: str, parent_run_id: str, interrupted: bool) -> None:
     parent = MlflowClient(uri).get_run(parent_run_id)
     tracking_cfg = typed(compose([f"tracking.uri={uri}"]).tracking, TrackingConfig)
     tags = parent.data.tags
-    metric, mode = tags.get("mnistexp.selection_metric"), tags.get("mnistexp.selection_mode")
+    metric, mode = tags.get(names.SELECTION_METRIC_TAG), tags.get(names.SELECTION_MODE_TAG)
     if not metric or not mode:  # a parent made before it recorded its rule: the children's
         metric, mode = _children_rule(MlflowClient(uri), parent)
-    finish_parent_run(tracking_cfg, parent_run_id, Selection(metric, mode), interrupted)
+    finish_parent_run(tracking_cfg, parent_run_id, Selection.of(metric, mode), interrupted)
 
 
 def _children_rule(client: Any, parent: Any) -> tuple[str, str]:
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1
-    )
+    from mnistexp.tracking import lifecycle
+
+    children = lifecycle.children_of(client, parent)[:1]
     tags = children[0].data.tags if children else {}
-    return tags.get("mnistexp.selection_metric", "test_accuracy"), tags.get("mnistexp.selection_mode", "max")
+    return tags.get(names.SELECTION_METRIC_TAG, "test_accuracy"), tags.get(names.SELECTION_MODE_TAG, "max")
 
 
 def _log_best_run(client: Any, parent_run_id: str, best: Any, selection: Selection) -> str:
     """One run per configuration: the best run's figures on the parent; returns the report line."""
-    from mnistexp.sweep import tables as summary
+    from mnistexp.sweep import tables
 
     metric = selection.metric
     client.log_metric(parent_run_id, f"best_{metric}", best.metric(metric))
-    for name in summary.REPORTED:  # the chosen run's test figures, reported beside the choice
+    for name in tables.REPORTED:  # the chosen run's test figures, reported beside the choice
         if name != metric and not math.isnan(best.metric(name)):
             client.log_metric(parent_run_id, f"best_run_{name}", best.metric(name))
-    client.set_tag(parent_run_id, "mnistexp.best_run_id", best.run_id)
-    client.set_tag(parent_run_id, "mnistexp.best_run", best.name)
-    tested = "".join(f" {name}={best.metric(name):.4f}" for name in summary.REPORTED if name != metric)
+    client.set_tag(parent_run_id, names.BEST_RUN_ID_TAG, best.run_id)
+    client.set_tag(parent_run_id, names.BEST_RUN_TAG, best.name)
+    tested = "".join(f" {name}={best.metric(name):.4f}" for name in tables.REPORTED if name != metric)
     return f"best by {selection.describe()}: {best.name} {metric}={best.metric(metric):.4f}{tested} (run {best.run_id})"
 
 
@@ -169,8 +170,8 @@ def _log_best_group(client: Any, parent_run_id: str, configurations: list, selec
     for name, interval in best.figures.items():
         if name != metric and not math.isnan(interval.mean):
             client.log_metric(parent_run_id, f"best_run_{name}", interval.mean)
-    client.set_tag(parent_run_id, "mnistexp.best_run_id", best.best_run.run_id)
-    client.set_tag(parent_run_id, "mnistexp.best_run", best.best_run.name)
+    client.set_tag(parent_run_id, names.BEST_RUN_ID_TAG, best.best_run.run_id)
+    client.set_tag(parent_run_id, names.BEST_RUN_TAG, best.best_run.name)
     client.set_tag(parent_run_id, names.BEST_CONFIG_GROUP_TAG, best.key)
     client.set_tag(parent_run_id, names.BEST_CONFIG_TAG, best.name)
     return replicates.report_line(best, replicates.tied_with_best(configurations), selection)
@@ -194,6 +195,10 @@ def _ended(client: Any, child: Any, interrupted: bool) -> Any:
         return child
     status = "KILLED" if interrupted else "FAILED"
     why = "the sweep was interrupted" if interrupted else "its job ended without ending its run"
-    client.set_tag(child.info.run_id, "mnistexp.error", f"{why}; the run was ended {status} by the sweep")
+    from mnistexp.tracking import lifecycle
+
+    client.set_tag(
+        child.info.run_id, names.ERROR_TAG, lifecycle.error_line(f"{why}; the run was ended {status} by the sweep")
+    )
     client.set_terminated(child.info.run_id, status)
     return client.get_run(child.info.run_id)

@@ -92,7 +92,7 @@ def _header(keys: Sequence[str], selection: Selection) -> list[str]:
     return ["run_id", "run", "status", *keys, *_metric_columns(selection), "epochs", "seconds"]
 
 
-def to_csv(table: Sequence[Row], keys: Sequence[str], selection: Selection) -> str:
+def runs_csv(table: Sequence[Row], keys: Sequence[str], selection: Selection) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(_header(keys, selection))
@@ -100,7 +100,7 @@ def to_csv(table: Sequence[Row], keys: Sequence[str], selection: Selection) -> s
     return buffer.getvalue()
 
 
-def to_text(table: Sequence[Row], keys: Sequence[str], selection: Selection) -> str:
+def runs_text(table: Sequence[Row], keys: Sequence[str], selection: Selection) -> str:
     """An aligned table for the terminal, best first, full run ids so they can be pasted into `reproduce`."""
     lines = [_header(keys, selection)] + [_cells(row, keys, selection) for row in table]
     widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]

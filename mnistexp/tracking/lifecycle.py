@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mnistexp import interrupts
 from mnistexp.errors import TrackingError
@@ -79,13 +79,31 @@ def mlflow_run(
             run.end("FINISHED")
 
 
+def children_of(client: Any, parent: Any) -> list:
+    """A sweep parent's child runs (the runs whose mlflow.parentRunId names it)."""
+    return list(
+        client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+            max_results=50_000,
+        )
+    )
+
+
+def error_line(reason: BaseException | str) -> str:
+    """The one form of a run's `mnistexp.error` tag: the exception's class and first line (or the
+    reason given), password masked, at most 5,000 characters."""
+    text = reason if isinstance(reason, str) else store.one_line(reason)
+    return mask(text)[:5000]
+
+
 def _end_run_after(error: BaseException, run: Recording) -> None:
     if isinstance(error, KeyboardInterrupt):
         run.end("KILLED", patient=False)  # a server that does not answer now: to the spool, not a wait
         return
     setattr(error, RECORDED_IN_RUN, run.run_id)  # tells a sweep the failure is already on record
-    run.tags({names.ERROR_TAG: store.one_line(error)[:5000]})
-    run.text(traceback.format_exc(), "error/traceback.txt")
+    run.tags({names.ERROR_TAG: error_line(error)})
+    run.text(traceback.format_exc(), names.TRACEBACK_ARTIFACT)
     run.end("FAILED")
 
 
@@ -116,7 +134,7 @@ def reopen_parent_run(tracking_cfg: TrackingConfig, run_id: str) -> bool:
         run = client.get_run(run_id)
     except MlflowException:
         return False
-    if run.data.tags.get("mnistexp.sweep") != "parent" or run.info.lifecycle_stage != "active":
+    if run.data.tags.get(names.SWEEP_TAG) != names.SWEEP_PARENT or run.info.lifecycle_stage != "active":
         return False
     client.update_run(run_id, status="RUNNING")
     return True
@@ -127,8 +145,8 @@ def record_failed_run(
 ) -> None:
     """A sweep's job that failed before its run opened (bad value, bad data) still gets a FAILED child."""
     tags = {
-        names.ERROR_TAG: mask(f"{error.__class__.__name__}: {error}")[:5000],
-        "mnistexp.overrides": mask(" ".join(overrides)),
+        names.ERROR_TAG: error_line(error),
+        names.OVERRIDES_TAG: mask(" ".join(overrides)),
         CONFIG_GROUP_TAG: _unvalidated_group(overrides),
     }
     with interrupts.held():  # created and ended whole
@@ -136,7 +154,7 @@ def record_failed_run(
             run = open_run(tracking_cfg, sweep.run_name(list(overrides)), tags, sweep.parent_run_id)
             # what was asked for, so the summary table shows the failed values
             run.params({item.lstrip("+~").partition("=")[0]: item.partition("=")[2] for item in overrides})
-            run.text("".join(traceback.format_exception(error)), "error/traceback.txt")
+            run.text("".join(traceback.format_exception(error)), names.TRACEBACK_ARTIFACT)
             run.end("FAILED")
         except Exception as tracking_error:
             raise TrackingError(
@@ -173,7 +191,7 @@ def environment_tags() -> dict[str, str]:
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit
-        tags["mnistexp.git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
+        tags[names.GIT_DIRTY_TAG] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
     return tags
 
 
@@ -199,4 +217,33 @@ def run_tags(selection: Selection) -> dict[str, str]:
 
 def selection_tags(selection: Selection) -> dict[str, str]:
     """What ranks this run among others (`mnistexp-runs compare` reads it)."""
-    return {"mnistexp.selection_metric": selection.metric, "mnistexp.selection_mode": selection.mode}
+    return {names.SELECTION_METRIC_TAG: selection.metric, names.SELECTION_MODE_TAG: selection.mode}
+
+
+# Tags that tell whether two runs of one config could give the same bits, and what each is.
+_SAME_BITS_IF_EQUAL = ("versions.", "runtime.")
+
+
+def reproducibility(original: Mapping[str, str], again: Mapping[str, str]) -> list[str]:
+    """What `mnistexp-runs reproduce` says beside the figures: each library version, CPU, thread count,
+    op-determinism or oneDNN setting that differs between the two runs, the data if it does, and
+    whether bit-identical results were to be expected."""
+    keys = sorted({key for key in (*original, *again) if key.startswith(_SAME_BITS_IF_EQUAL)})
+    differences = [
+        f"differs: {key}: {original.get(key, '-')} then, {again.get(key, '-')} now"
+        for key in keys
+        if original.get(key) != again.get(key)
+    ]
+    data_before = original.get(names.DATA_DIGEST_TAG)
+    if data_before and data_before != again.get(names.DATA_DIGEST_TAG):
+        differences.append(f"differs: the data ({names.DATA_DIGEST_TAG})")
+    deterministic = original.get("runtime.deterministic_ops") == again.get("runtime.deterministic_ops") == "True"
+    expected = not differences and deterministic
+    why = (
+        "the same libraries, machine, threads and data, with deterministic ops"
+        if expected
+        else "not with op determinism off"
+        if not differences
+        else "not with these differences"
+    )
+    return [*differences, f"bit-identical results were to be expected: {'yes' if expected else 'no'} ({why})"]

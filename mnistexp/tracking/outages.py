@@ -120,7 +120,7 @@ class Rider:
 _riders: dict[str, Rider] = {}
 
 
-def rider(uri: str, grace: float) -> Rider:
+def shared_rider(uri: str, grace: float) -> Rider:
     """The process's rider for one server: the jobs of a sweep share what it knows."""
     found = _riders.get(uri)
     if found is None or found.grace != grace:

@@ -45,8 +45,8 @@ def log_config(run: Recording, config: MnistexpConfig, overrides: Sequence[str])
 
     resolved = masked(as_dict(config))
     run.params({key: _param(value) for key, value in flatten(resolved).items()})
-    run.text(OmegaConf.to_yaml(resolved), "config/resolved.yaml")
-    run.text("".join(f"- {mask(item)}\n" for item in overrides) or "[]\n", "config/overrides.yaml")
+    run.text(OmegaConf.to_yaml(resolved), names.RESOLVED_CONFIG_ARTIFACT)
+    run.text("".join(f"- {mask(item)}\n" for item in overrides) or "[]\n", names.OVERRIDES_ARTIFACT)
 
 
 def _param(value: Any) -> Any:

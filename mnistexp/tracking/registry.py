@@ -6,13 +6,14 @@ import math
 from typing import Any
 
 from mnistexp.errors import UserError
+from mnistexp.tracking import names
 
 CHAMPION = "champion"
 TAGS_FROM_RUN = (
-    "mnistexp.config_sha256",
-    "mnistexp.data_sha256",
-    "mnistexp.selection_metric",
-    "mnistexp.selection_mode",
+    names.CONFIG_DIGEST_TAG,
+    names.DATA_DIGEST_TAG,
+    names.SELECTION_METRIC_TAG,
+    names.SELECTION_MODE_TAG,
 )
 METRICS_FROM_RUN = ("test_accuracy", "test_loss")
 
@@ -30,13 +31,13 @@ def logged_model_id(client: Any, run: Any) -> str:
 def best_child(client: Any, parent_run_id: str) -> str:
     """The run a sweep's parent chose by its selection rule (tag `mnistexp.best_run_id`)."""
     parent = client.get_run(parent_run_id)
-    best = parent.data.tags.get("mnistexp.best_run_id")
+    best = parent.data.tags.get(names.BEST_RUN_ID_TAG)
     if not best:
         raise UserError(f"run {parent_run_id} is no finished sweep: it has no mnistexp.best_run_id tag")
     return str(best)
 
 
-def register(client: Any, run: Any, name: str) -> Any:
+def register_model_version(client: Any, run: Any, name: str) -> Any:
     """A new version of `name` from the run's logged model, alias `champion` on it, and the run's
     digests, selection metric and test metrics as the version's tags. Returns the ModelVersion."""
     import mlflow
@@ -44,12 +45,12 @@ def register(client: Any, run: Any, name: str) -> Any:
 
     model_id = logged_model_id(client, run)
     try:
-        version = mlflow.register_model(f"models:/{model_id}", name, tags={"mnistexp.run_id": run.info.run_id})
+        version = mlflow.register_model(f"models:/{model_id}", name, tags={names.VERSION_RUN_TAG: run.info.run_id})
     except MlflowException as error:
         raise UserError(f"cannot register in {client.tracking_uri}: {str(error).splitlines()[0]}") from error
     tags = {key: run.data.tags[key] for key in TAGS_FROM_RUN if key in run.data.tags}
     metrics = dict(run.data.metrics)
-    selection = run.data.tags.get("mnistexp.selection_metric")
+    selection = run.data.tags.get(names.SELECTION_METRIC_TAG)
     wanted = [*METRICS_FROM_RUN, *([selection] if selection else [])]
     tags.update({key: repr(metrics[key]) for key in wanted if key in metrics and not math.isnan(metrics[key])})
     for key, value in tags.items():

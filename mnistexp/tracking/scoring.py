@@ -11,6 +11,7 @@ import numpy as np
 from mnistexp.config.schema import MnistexpConfig
 from mnistexp.errors import UserError
 from mnistexp.pipeline import data as data_lib
+from mnistexp.tracking import names
 
 
 def load_keras_model(model_uri: str) -> Any:
@@ -36,7 +37,7 @@ def _check_fits(model: Any, image_shape: list[int], classes: int, model_uri: str
         )
 
 
-def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
+def evaluate_logged_model(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
     """The model on the test split of the configured data, as a new run in the evaluation experiment,
     its metrics linked to the model: returns the run id and the Evaluation."""
     # The data first: a missing or bad file is one line before TensorFlow loads.
@@ -55,9 +56,9 @@ def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
     model_id = mlflow.models.get_model_info(model_uri).model_id
     experiment = cfg.tracking.evaluation_experiment
     tags = {
-        "mnistexp.evaluated_model": model_uri,
-        "mnistexp.model_id": str(model_id),
-        "mnistexp.data_sha256": data.digest,
+        names.EVALUATED_MODEL_TAG: model_uri,
+        names.MODEL_ID_TAG: str(model_id),
+        names.DATA_DIGEST_TAG: data.digest,
         **lifecycle.environment_tags(),
     }
     with lifecycle.mlflow_run(cfg.tracking, f"evaluate {model_uri}", tags, experiment=experiment) as run:
@@ -76,7 +77,7 @@ def evaluate(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any]:
     return run.run_id, results
 
 
-def predict(model_uri: str, images_path: str, cfg: MnistexpConfig) -> str:
+def predict_with_logged_model(model_uri: str, images_path: str, cfg: MnistexpConfig) -> str:
     """Class scores for every image of a file, as CSV: index, predicted class and its name, one
     score per class. The images go through the checks `data.path` gets; the model is loaded
     through MLflow's pyfunc, as a scoring server would."""

@@ -12,7 +12,7 @@ from mnistexp.tracking.recording import Sink
 _written: dict[Path, str] = {}  # spools this process wrote to -> the server they were meant for
 
 
-def uri(folder: Path) -> str:
+def spool_uri(folder: Path) -> str:
     return f"sqlite:///{folder.resolve() / 'mlflow.db'}"
 
 
@@ -25,7 +25,7 @@ def opener(folder: Path, server: str) -> Callable[[], Sink]:
         from mlflow import MlflowClient
 
         folder.mkdir(parents=True, exist_ok=True)
-        sink = Sink(uri(folder), MlflowClient(uri(folder)), artifact_root=folder.resolve() / "artifacts")
+        sink = Sink(spool_uri(folder), MlflowClient(spool_uri(folder)), artifact_root=folder.resolve() / "artifacts")
         with FileLock(f"{folder / 'mlflow.db'}.lock", timeout=300):
             sink.client.search_experiments(max_results=1)  # creates the tables
         _written[folder.resolve()] = mask(server)

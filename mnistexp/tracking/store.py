@@ -148,7 +148,7 @@ def open_sink(tracking_cfg: TrackingConfig, experiment: str | None = None) -> Si
 
 def rider_for(tracking_cfg: TrackingConfig) -> Rider:
     """What waits out this process's tracking server when it stops answering."""
-    return outages.rider(use_store(tracking_cfg), tracking_cfg.outage_grace_seconds)
+    return outages.shared_rider(use_store(tracking_cfg), tracking_cfg.outage_grace_seconds)
 
 
 def current_uri() -> str:

@@ -29,14 +29,14 @@ class Delivered:
     left: list[str] = field(default_factory=list)  # spooled runs still RUNNING: not delivered
 
 
-def sync(folder: Path, server: str | None, summarise: Callable[[str, str, bool], None]) -> Delivered:
+def deliver_spool(folder: Path, server: str | None, summarise: Callable[[str, str, bool], None]) -> Delivered:
     """Deliver every ended run of the spool in `folder` to `server` (default: the one each run was
     meant for); `summarise(server, parent_run_id, interrupted)` writes a sweep parent's summary."""
     from mlflow import MlflowClient
 
     if not (folder / "mlflow.db").is_file():
         return Delivered()  # nothing was spooled, or everything was delivered already
-    source = MlflowClient(spool.uri(folder))
+    source = MlflowClient(spool.spool_uri(folder))
     done = Delivered()
     notes, parents = [], set()
     for run in _spooled_runs(source):
@@ -55,7 +55,7 @@ def sync(folder: Path, server: str | None, summarise: Callable[[str, str, bool],
     for note in notes:
         uri = _server_of(note, server)
         parent = note.data.tags[names.SPOOL_SUMMARY_TAG]
-        summarise(uri, parent, note.data.tags.get("mnistexp.interrupted") == "True")
+        summarise(uri, parent, note.data.tags.get(names.INTERRUPTED_TAG) == "True")
         done.summaries.append(parent)
         parents.discard((MlflowClient(uri).tracking_uri, parent))
         _forget(source, note)
