@@ -1,10 +1,15 @@
 """Errors that mean "bad input": the CLI prints them as one line and exits non-zero."""
 
-import os
 import sys
 
-# Read when mnistexp is imported, before the CLI sets the variable for Hydra's own use.
-SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
+_tracebacks = {"show": False}  # HYDRA_FULL_ERROR=1 as the user set it (the CLI reads it, app.py in each job)
+
+
+def show_tracebacks(on: bool | None = None) -> bool:
+    """Whether errors are raised with their traceback instead of said in one line; `on` sets it."""
+    if on is not None:
+        _tracebacks["show"] = on
+    return _tracebacks["show"]
 
 
 def first_line(error: BaseException) -> str:

@@ -3,7 +3,6 @@ anything mnistexp writes. In-process: a SQLite store stands in for the server, b
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -267,15 +266,14 @@ def test_the_mask_hides_passwords_and_nothing_else(text, shown):
     assert masking.mask(text) == shown
 
 
-def test_a_password_on_the_command_line_never_reaches_hydras_config(monkeypatch):
-    environ: dict[str, str] = {}
+def test_a_password_on_the_command_line_never_reaches_hydras_config():
     arguments = ["-m", "tracking.uri=postgresql://me:hunter2@db/x", "model.hidden_units=0,16"]
-    hidden = masking.hide_in_overrides(arguments, environ)
+    hidden, secrets = masking.hide_in_overrides(arguments)
     assert hidden == ["-m", "tracking.uri=postgresql://me:***@db/x", "model.hidden_units=0,16"]
-    assert json.loads(environ[masking.SECRETS_ENV]) == {"postgresql://me:***@db/x": "postgresql://me:hunter2@db/x"}
-    assert masking.unmask("postgresql://me:***@db/x", environ) == "postgresql://me:hunter2@db/x"
-    assert masking.unmask("postgresql://you:***@db/x", environ) == "postgresql://you:***@db/x"  # not ours to know
-    monkeypatch.setenv(masking.SECRETS_ENV, environ[masking.SECRETS_ENV])
+    assert secrets == {"postgresql://me:***@db/x": "postgresql://me:hunter2@db/x"}
+    masking.remember(secrets)
+    assert masking.unmask("postgresql://me:***@db/x") == "postgresql://me:hunter2@db/x"
+    assert masking.unmask("postgresql://you:***@db/x") == "postgresql://you:***@db/x"  # not ours to know
     config = validate(compose([hidden[1]]))
     assert config.tracking.uri == "postgresql://me:***@db/x"  # what Hydra composes, saves and mnistexp logs
     import mlflow

@@ -15,10 +15,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from mnistexp.cli.main import TRACEBACKS_ENV, read_environment
 from mnistexp.config.hydra_errors import explain
 from mnistexp.config.schema import CONFIG_MODULE, TrackingConfig, register_schema, typed
 from mnistexp.config.validation import validate
-from mnistexp.errors import SHOW_TRACEBACKS, UserError, report
+from mnistexp.errors import UserError, report, show_tracebacks
 from mnistexp.sweep.callback import end_open_sweeps
 from mnistexp.sweep.handoff import SweepContext
 from mnistexp.tracking.masking import MaskingFilter
@@ -34,14 +35,15 @@ def _job(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    sweep = SweepContext.from_env()  # set by the sweep's callback through hydra.job.env_set
+    read_environment(os.environ)  # this may be a worker process (joblib, Ray, Slurm): its own inputs
+    sweep = SweepContext.from_env(os.environ)  # set by the sweep's callback through hydra.job.env_set
     try:
         config = validate(cfg)
         from mnistexp.job import train_and_record  # TensorFlow and MLflow load only for a job that will run
 
         return train_and_record(config, overrides, sweep, verbose=bool(hydra_cfg.verbose)).objective
     except Exception as error:
-        if SHOW_TRACEBACKS or not (in_sweep or isinstance(error, UserError)):
+        if show_tracebacks() or not (in_sweep or isinstance(error, UserError)):
             raise  # a bug outside a sweep: the traceback is what helps
         if not in_sweep:
             report(str(error))
@@ -56,6 +58,7 @@ def _job(cfg: DictConfig) -> float:
 
 def run_command() -> int:
     """Run the command line through Hydra; returns the exit status (KeyboardInterrupt goes up)."""
+    os.environ.setdefault(TRACEBACKS_ENV, "1" if show_tracebacks() else "0")  # the user's choice, for workers
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them; we say them in one line
     try:
         _job()
@@ -63,7 +66,7 @@ def run_command() -> int:
     except SystemExit as leaving:  # a bad input said in one line (2), or failed jobs in a sweep (1)
         return leaving.code if isinstance(leaving.code, int) else 1
     except (HydraException, OmegaConfBaseException, yaml.YAMLError, ValueError) as error:
-        message = None if SHOW_TRACEBACKS else explain(error)
+        message = None if show_tracebacks() else explain(error)
         if message is None:
             raise
         report(message)

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from typing import NoReturn
 
-from mnistexp import imports, interrupts
+from mnistexp import errors, imports, interrupts
 from mnistexp.errors import report
-from mnistexp.tracking.masking import hide_in_overrides
+from mnistexp.tracking import masking
+
+TRACEBACKS_ENV = "MNISTEXP_FULL_ERROR"  # the user's HYDRA_FULL_ERROR, for the jobs of worker processes
 
 
 def mnistexp() -> None:
     interrupts.install()  # before Hydra, TensorFlow and MLflow load: a signal then is answered like any other
-    interrupts.pause_at(os.environ.get("MNISTEXP_TEST_PAUSE_AT"))  # the signal tests' hook (interrupts.phase)
-    sys.argv[1:] = hide_in_overrides(sys.argv[1:], os.environ)  # passwords stay out of Hydra's files
+    read_environment(os.environ)
+    sys.argv[1:], secrets = masking.hide_in_overrides(sys.argv[1:])  # passwords stay out of Hydra's files
+    masking.remember(secrets)
+    os.environ[masking.SECRETS_ENV] = json.dumps({**json.loads(os.environ.get(masking.SECRETS_ENV, "{}")), **secrets})
     try:
         interrupts.phase("importing the libraries")
         with imports.loaded_for_good("mnistexp.cli.app"):  # Hydra and OmegaConf
@@ -34,6 +40,16 @@ def mnistexp() -> None:
         if spooled:
             print(f"mnistexp: {spooled}", file=sys.stderr)
     _leave(status)
+
+
+def read_environment(environ: Mapping[str, str]) -> None:
+    """mnistexp's own inputs from the environment, read here and in each job's process (app.py): the
+    user's HYDRA_FULL_ERROR (the app then sets it for Hydra's own use), the secrets of the command
+    line, and the signal tests' hook (MNISTEXP_TEST_PAUSE_AT, interrupts.phase)."""
+    wanted = environ.get(TRACEBACKS_ENV, environ.get("HYDRA_FULL_ERROR", "0"))
+    errors.show_tracebacks(wanted == "1")
+    masking.remember(json.loads(environ.get(masking.SECRETS_ENV, "{}")))
+    interrupts.pause_at(environ.get("MNISTEXP_TEST_PAUSE_AT"))
 
 
 def _leave(status: int) -> NoReturn:

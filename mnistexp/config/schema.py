@@ -153,11 +153,13 @@ def optuna_direction(metric: str | None, mode: str, validation_size: int | float
     return f"{Selection.of(metric, mode, validation_size).mode}imize"
 
 
-def study_storage(tracking_uri: str | None) -> str:
+def study_storage(tracking_uri: str | None, environment_uri: str | None = None) -> str:
     """Where an Optuna study lives by default: `optuna.db` beside a local MLflow store (not in it: both
-    keep an `alembic_version` table), else `optuna.db` in the working directory. A team with a
-    tracking server gives the study a database of its own: hydra.sweeper.storage=postgresql://..."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    keep an `alembic_version` table), else `optuna.db` in the working directory. The store is
+    tracking.uri, else MLFLOW_TRACKING_URI (`environment_uri`, which the YAML reads), else MLflow's
+    default. A team with a tracking server gives the study a database of its own:
+    hydra.sweeper.storage=postgresql://..."""
+    uri = tracking_uri or environment_uri or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///"):
         store = uri[len("sqlite:///") :]
     elif uri.startswith("file:") or "://" not in uri:

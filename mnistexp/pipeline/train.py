@@ -51,33 +51,13 @@ def fit(
     reshuffled every epoch, the loss and metrics Keras's `fit` would compute, and with a
     validation split `val_loss` and `val_accuracy` after every epoch. Early stopping is Keras's.
     `fit_seconds` includes compiling the compiled engine's loops, also reported on its own.
-    (Compiling in a background thread while the MLflow run opens was tried: the two contend for
-    the GIL, and the whole run took 1.4 s longer.)
     """
     early_stopping = _early_stopping(trainer_cfg.early_stopping)
     timer = _ValidationTimer()
     callbacks = [keras.callbacks.TerminateOnNaN(), *([early_stopping] if early_stopping else []), *callbacks, timer]
-    compile_seconds = 0.0
-    stop = _StopAtBatchEnd()
     with interrupts.deferred():
         started = time.perf_counter()
-        if trainer_cfg.engine == "compiled":
-            engine = CompiledEngine(model, data, trainer_cfg, seed)
-            engine.compile()
-            compile_seconds = time.perf_counter() - started
-            history = engine.fit([stop, *callbacks])
-        else:
-            history = model.fit(
-                data.x_train,
-                data.y_train,
-                epochs=trainer_cfg.epochs,
-                batch_size=trainer_cfg.batch_size,
-                shuffle=trainer_cfg.shuffle,
-                validation_data=data.validation,
-                validation_batch_size=trainer_cfg.eval_batch_size,
-                verbose=trainer_cfg.verbose,
-                callbacks=[stop, *callbacks],
-            ).history
+        history, compile_seconds = _train(model, data, trainer_cfg, [_StopAtBatchEnd(), *callbacks], seed)
         seconds = time.perf_counter() - started
     losses = history.get("loss", [])
     if model.stop_training and losses and not all(map(math.isfinite, losses)):
@@ -97,6 +77,30 @@ def fit(
         best_epoch=best_epoch,
         kept_epoch=best_epoch if restored and best_epoch is not None else stopped,
     )
+
+
+def _train(
+    model: keras.Model, data: Dataset, trainer_cfg: TrainerConfig, callbacks: list[keras.callbacks.Callback], seed: int
+) -> tuple[dict[str, list[float]], float]:
+    """The engine's epochs; returns the history and the seconds spent compiling (the compiled engine's)."""
+    if trainer_cfg.engine == "compiled":
+        started = time.perf_counter()
+        engine = CompiledEngine(model, data, trainer_cfg, seed)
+        engine.compile()
+        compile_seconds = time.perf_counter() - started
+        return engine.fit(callbacks), compile_seconds
+    history = model.fit(
+        data.x_train,
+        data.y_train,
+        epochs=trainer_cfg.epochs,
+        batch_size=trainer_cfg.batch_size,
+        shuffle=trainer_cfg.shuffle,
+        validation_data=data.validation,
+        validation_batch_size=trainer_cfg.eval_batch_size,
+        verbose=trainer_cfg.verbose,
+        callbacks=callbacks,
+    ).history
+    return history, 0.0
 
 
 def _early_stopping(cfg: EarlyStoppingConfig) -> keras.callbacks.EarlyStopping | None:

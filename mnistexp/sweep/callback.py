@@ -16,7 +16,7 @@ from mnistexp import interrupts
 from mnistexp.config.schema import TrackingConfig, typed
 from mnistexp.config.selection import Selection
 from mnistexp.environment import available_cores, quiet_libraries
-from mnistexp.errors import SHOW_TRACEBACKS, UserError, first_line, report
+from mnistexp.errors import UserError, first_line, report, show_tracebacks
 from mnistexp.sweep.handoff import SweepContext
 from mnistexp.tracking import names
 from mnistexp.tracking.masking import mask
@@ -162,7 +162,7 @@ class MlflowSweep(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         interrupts.check()  # no job starts after a signal
-        context = SweepContext.from_env()
+        context = SweepContext.from_env(config.hydra.job.env_set)  # what the hand-off gave this job
         if context is not None:
             of = f"/{context.size}" if context.size else ""
             log.info(
@@ -197,7 +197,7 @@ class MlflowSweep(Callback):
         log.info(outcome.report)
         for line in outcome.failures:
             report(line)
-        if isinstance(in_flight, Exception) and not SHOW_TRACEBACKS:
+        if isinstance(in_flight, Exception) and not show_tracebacks():
             # The sweeper or launcher gave up (a cancelled Slurm job, a dead Ray worker): the
             # summary above says which jobs; its own error is one more line, not a traceback.
             report(f"the sweep stopped: {in_flight.__class__.__name__}: {first_line(in_flight)}")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from omegaconf import DictConfig, read_write
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from mnistexp.tracking.masking import mask
 
@@ -27,7 +26,8 @@ class SweepContext:
     threads: int | None = None  # what trainer.threads=auto means for each job of this sweep
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> SweepContext | None:
+    def from_env(cls, environ: Mapping[str, str]) -> SweepContext | None:
+        """The context the callback handed this job, from the environment Hydra set for it."""
         parent = environ.get(PARENT_RUN_ENV)
         if not parent:
             return None
@@ -40,14 +40,14 @@ class SweepContext:
         swept = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") in self.swept_keys]
         return ",".join(swept) or ",".join(overrides) or "job"
 
-    def hand_off(self, config: DictConfig, store_uri: str, environ: Mapping[str, str] = os.environ) -> None:
+    def hand_off(self, config: DictConfig, store_uri: str) -> None:
         """Give every job of this sweep this context, whatever process or machine runs it.
 
         Each job's config is composed again from `hydra.overrides.hydra` plus the job's own
         overrides, and Hydra sets `hydra.job.env_set` in the job's process (the basic launcher's,
         a joblib or Ray worker, a Slurm node) before it calls the job. The parent's store goes
         along (a Ray cluster's workers have the environment of `ray start`, not this one's), and
-        so does MNISTEXP_DATA, which the config reads.
+        so does the data's path, which conf/data/mnist.yaml reads from MNISTEXP_DATA.
         """
         variables = {
             PARENT_RUN_ENV: self.parent_run_id,
@@ -57,8 +57,9 @@ class SweepContext:
         }
         if mask(store_uri) == store_uri:  # Hydra writes env_set into hydra.yaml: a password never goes there
             variables["MLFLOW_TRACKING_URI"] = store_uri
-        if environ.get(DATA_ENV):
-            variables[DATA_ENV] = environ[DATA_ENV]
+        data_path = OmegaConf.select(config, "data.path")  # conf/data/mnist.yaml reads it from MNISTEXP_DATA
+        if data_path:
+            variables[DATA_ENV] = str(data_path)
         with read_write(config.hydra.overrides.hydra):
             for name, value in variables.items():
                 config.hydra.overrides.hydra.append(f"+hydra.job.env_set.{name}={_quoted(value)}")

@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mnistexp import environment
 from mnistexp.errors import UserError
 
 try:
@@ -71,14 +72,14 @@ def start_loopback_ray(init: dict[str, Any]) -> None:
     token = os.path.join(state, "auth_token")
     with os.fdopen(os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as stream:
         stream.write(secrets.token_hex(32))
-    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the file
-    os.environ.update(
+    environment.for_every_process(
         {
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": token,
             "RAY_USAGE_STATS_ENABLED": "0",
-        }
+        },
+        unset=("RAY_AUTH_TOKEN",),  # it would win over the file
     )
     while_starting = {
         **dict.fromkeys(PROXIES, CLOSED),
@@ -87,14 +88,12 @@ def start_loopback_ray(init: dict[str, Any]) -> None:
         "DASHBOARD_METRIC_PORT": str(_free_port()),  # the defaults are shared by every Ray on the machine
         "AUTOSCALER_METRIC_PORT": str(_free_port()),
     }
-    saved = {name: os.environ.get(name) for name in while_starting}
-    os.environ.update(while_starting)  # Ray's daemons keep these ...
-    try:
+    with environment.only_while(while_starting) as before:  # Ray's daemons keep these, this process does not
         import ray
 
         runtime_env = dict(init.get("runtime_env") or {})
-        own_proxies = {name: saved[name] or "" for name in (*PROXIES, "no_proxy", "NO_PROXY")}
-        runtime_env["env_vars"] = {**own_proxies, **runtime_env.get("env_vars", {})}  # ... the jobs do not
+        own_proxies = {name: before[name] for name in (*PROXIES, "no_proxy", "NO_PROXY")}
+        runtime_env["env_vars"] = {**own_proxies, **runtime_env.get("env_vars", {})}  # nor do the jobs
         ray.init(
             **{
                 **init,
@@ -105,12 +104,6 @@ def start_loopback_ray(init: dict[str, Any]) -> None:
                 "_temp_dir": init.get("_temp_dir", state),
             }
         )
-    finally:  # ... nor does this process (MLflow, the data download)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _free_port() -> int:

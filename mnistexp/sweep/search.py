@@ -6,7 +6,6 @@ import csv
 import io
 import logging
 import math
-import os
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -56,7 +55,7 @@ class StudySweeper(OptunaSweeper):
                 _execution_whitelist_=("optuna.samplers.*", "hydra_plugins.*"),
             )
         impl.n_trials = trials_to_run(study, self.study_size)
-        impl.storage = unmask(str(impl.storage), os.environ)
+        impl.storage = unmask(str(impl.storage))
         log.info(
             "study %s: %d of %d trials done, %d to run",
             study.study_name,
@@ -73,7 +72,7 @@ def open_study(storage: str, study_name: str, directions: Sequence[str]) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     named: list[Any] = list(directions)  # "maximize" / "minimize"
-    storage = unmask(storage, os.environ)  # a password from the command line
+    storage = unmask(storage)  # a password from the command line
     study = optuna.create_study(storage=storage, study_name=study_name, directions=named, load_if_exists=True)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)

@@ -22,7 +22,8 @@ class SweepOutcome:
 def finish_parent_run(
     tracking_cfg: TrackingConfig, parent_run_id: str, selection: Selection, interrupted: bool
 ) -> SweepOutcome:
-    """Summarise the children on the parent (table, best run by the selection rule, plots) and end it.
+    """Summarise the children on the parent (tables, the best run or configuration by the selection
+    rule, plots) and end it.
 
     The parent ends KILLED if the sweep was interrupted (here, or by a signal this process got) or a
     child was killed, FAILED if a child failed or none finished, else FINISHED. The launcher has
@@ -32,53 +33,21 @@ def finish_parent_run(
     from mlflow import MlflowClient
 
     from mnistexp import interrupts
-    from mnistexp.sweep import tables
-    from mnistexp.tracking import lifecycle, store
+    from mnistexp.tracking import store
     from mnistexp.tracking.outages import RidingClient
 
     interrupts.phase("writing the summary")
     store.use_store(tracking_cfg)
     client: Any = RidingClient(MlflowClient(), store.rider_for(tracking_cfg))  # an outage now is waited out
-    parent = client.get_run(parent_run_id)
-    children = lifecycle.children_of(client, parent)
     interrupted = interrupted or interrupts.received() is not None
-    ended = [_ended(client, child, interrupted) for child in children]
-    reused = [
-        client.get_run(run_id) for tag, run_id in parent.data.tags.items() if tag.startswith(names.REUSED_TAG_PREFIX)
-    ]
-    table = tables.rows([*ended, *reused], selection)
-    keys = [key for key in parent.data.tags.get(names.SWEPT_KEYS_TAG, "").split(",") if key]
-    keys = keys or tables.varying_keys(table)
-    client.log_text(parent_run_id, tables.runs_csv(table, keys, selection), names.SUMMARY_ARTIFACT)
-    client.set_tag(parent_run_id, names.SELECTION_TAG, selection.describe())
-
-    metric = selection.metric
-    finished = [row for row in table if row.status == "FINISHED" and not math.isnan(row.metric(metric))]
-    statuses = [row.status for row in table]
-    client.log_metric(parent_run_id, names.JOBS_FINISHED, len(finished))
-    client.log_metric(parent_run_id, names.JOBS_FAILED, statuses.count("FAILED"))
-    client.log_metric(parent_run_id, names.JOBS_KILLED, statuses.count("KILLED"))
+    ended, table, keys = _children_table(client, parent_run_id, selection, interrupted)
+    finished = [row for row in table if row.status == "FINISHED" and not math.isnan(row.metric(selection.metric))]
     report = [
-        f"sweep {parent_run_id}: {len(finished)} finished, {statuses.count('FAILED')} failed, "
-        f"{statuses.count('KILLED')} killed"
+        _log_counts(client, parent_run_id, table, len(finished)),
+        *_log_choice(client, parent_run_id, table, keys, selection),
     ]
-    configurations = replicates.groups(table, keys, selection)
-    replicated = replicates.has_replicates(table)
-    if replicated:
-        client.log_text(parent_run_id, replicates.groups_csv(configurations, keys), names.GROUPS_ARTIFACT)
-    if finished:
-        report.append(
-            _log_best_group(client, parent_run_id, configurations, selection)
-            if replicated
-            else _log_best_run(client, parent_run_id, finished[0], selection)
-        )
-        _log_plots(client, parent_run_id, configurations, keys, metric)
-    report.append(
-        replicates.groups_text(configurations, keys, selection)
-        if replicated
-        else tables.runs_text(table, keys, selection)
-    )
     interrupted = interrupts.settle() is not None or interrupted  # a later signal changes nothing
+    statuses = [row.status for row in table]
     status = (
         "KILLED"
         if interrupted or "KILLED" in statuses
@@ -89,11 +58,64 @@ def finish_parent_run(
     client.set_terminated(parent_run_id, status)
     by_id = {run.info.run_id: run for run in ended}
     failures = [
-        f"job {row.name} {row.status}: {by_id[row.run_id].data.tags.get('mnistexp.error', 'no error recorded')}"
+        f"job {row.name} {row.status}: {by_id[row.run_id].data.tags.get(names.ERROR_TAG, 'no error recorded')}"
         for row in table
         if row.status in ("FAILED", "KILLED") and row.run_id in by_id
     ]
     return SweepOutcome("\n".join(report), failures)
+
+
+def _children_table(client: Any, parent_run_id: str, selection: Selection, interrupted: bool) -> tuple:
+    """The children, every one ended, plus the runs reused for skipped jobs, as a table best first, and
+    the swept keys; sweep/summary.csv and the rule in words go on the parent."""
+    from mnistexp.sweep import tables
+    from mnistexp.tracking import lifecycle
+
+    parent = client.get_run(parent_run_id)
+    ended = [_ended(client, child, interrupted) for child in lifecycle.children_of(client, parent)]
+    reused = [client.get_run(run) for tag, run in parent.data.tags.items() if tag.startswith(names.REUSED_TAG_PREFIX)]
+    table = tables.rows([*ended, *reused], selection)
+    keys = [key for key in parent.data.tags.get(names.SWEPT_KEYS_TAG, "").split(",") if key]
+    keys = keys or tables.varying_keys(table)
+    client.log_text(parent_run_id, tables.runs_csv(table, keys, selection), names.SUMMARY_ARTIFACT)
+    client.set_tag(parent_run_id, names.SELECTION_TAG, selection.describe())
+    return ended, table, keys
+
+
+def _log_counts(client: Any, parent_run_id: str, table: list, finished: int) -> str:
+    statuses = [row.status for row in table]
+    failed, killed = statuses.count("FAILED"), statuses.count("KILLED")
+    client.log_metric(parent_run_id, names.JOBS_FINISHED, finished)
+    client.log_metric(parent_run_id, names.JOBS_FAILED, failed)
+    client.log_metric(parent_run_id, names.JOBS_KILLED, killed)
+    return f"sweep {parent_run_id}: {finished} finished, {failed} failed, {killed} killed"
+
+
+def _log_choice(client: Any, parent_run_id: str, table: list, keys: list[str], selection: Selection) -> list[str]:
+    """The best configuration (with replicates: groups.csv, means and intervals) or the best run, the
+    plots, and the table for the console; returns the report's lines."""
+    from mnistexp.sweep import tables
+
+    metric = selection.metric
+    finished = [row for row in table if row.status == "FINISHED" and not math.isnan(row.metric(metric))]
+    configurations = replicates.groups(table, keys, selection)
+    replicated = replicates.has_replicates(table)
+    lines = []
+    if replicated:
+        client.log_text(parent_run_id, replicates.groups_csv(configurations, keys), names.GROUPS_ARTIFACT)
+    if finished:
+        lines.append(
+            _log_best_group(client, parent_run_id, configurations, selection)
+            if replicated
+            else _log_best_run(client, parent_run_id, finished[0], selection)
+        )
+        _log_plots(client, parent_run_id, configurations, keys, metric)
+    lines.append(
+        replicates.groups_text(configurations, keys, selection)
+        if replicated
+        else tables.runs_text(table, keys, selection)
+    )
+    return lines
 
 
 def owe_summary(tracking_cfg: TrackingConfig, parent_run_id: str, selection: Selection, interrupted: bool) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
 MASK = "***"
@@ -44,32 +44,30 @@ class MaskingFilter(logging.Filter):
         return True
 
 
-SECRETS_ENV = "MNISTEXP_SECRETS"  # masked URL -> the real one, for this process and the jobs it starts
+SECRETS_ENV = "MNISTEXP_SECRETS"  # masked URL -> the real one, for the jobs a command starts (cli/ sets it)
+_known: dict[str, str] = {}  # masked URL -> the real one, in this process
 
 
-def hide_in_overrides(arguments: list[str], environ: MutableMapping[str, str]) -> list[str]:
+def hide_in_overrides(arguments: list[str]) -> tuple[list[str], dict[str, str]]:
     """The command line with the password of every URL replaced by *** (`tracking.uri=postgresql://u:***@h/db`),
-    the real URL kept in `environ` for `unmask`. Hydra writes overrides and configs into its output
-    folders, and only the masked form reaches them; mnistexp unmasks a URL where it connects."""
-    import json
-
-    secrets = json.loads(environ.get(SECRETS_ENV, "{}"))
-    rewritten = []
+    and the masked URLs with the real ones they stand for. Hydra writes overrides and configs into
+    its output folders, and only the masked form reaches them; `unmask` puts a URL back where
+    mnistexp connects."""
+    rewritten, secrets = [], {}
     for argument in arguments:
         key, equals, value = argument.partition("=")
         if equals and not argument.startswith("-") and mask(value) != value:
             secrets[mask(value)] = value
             argument = f"{key}={mask(value)}"
         rewritten.append(argument)
-    if secrets:
-        environ[SECRETS_ENV] = json.dumps(secrets)
-    return rewritten
+    return rewritten, secrets
 
 
-def unmask(url: str, environ: Mapping[str, str]) -> str:
+def remember(secrets: Mapping[str, str]) -> None:
+    """The real URLs behind masked ones, for `unmask` in this process (the CLI and each job's process)."""
+    _known.update(secrets)
+
+
+def unmask(url: str) -> str:
     """The real URL a masked one from the command line stands for (itself when it is not one)."""
-    import json
-
-    if MASK not in url:
-        return url
-    return str(json.loads(environ.get(SECRETS_ENV, "{}")).get(url, url))
+    return _known.get(url, url) if MASK in url else url

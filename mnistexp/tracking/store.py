@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from mnistexp import imports
+from mnistexp import environment, imports
 from mnistexp.errors import TrackingError
 from mnistexp.tracking import names, outages
 from mnistexp.tracking.masking import mask, unmask
@@ -36,13 +36,12 @@ def run_page(uri: str, experiment_id: str, run_id: str) -> str:
 def use_store(tracking_cfg: TrackingConfig) -> str:
     """Point MLflow at `tracking.uri` when set (else MLFLOW_TRACKING_URI or MLflow's default); returns it."""
     # The config wins over the environment, as tracking.uri does over MLFLOW_TRACKING_URI.
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(tracking_cfg.http_timeout)
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(tracking_cfg.http_retries)
+    environment.mlflow_http_limits(tracking_cfg.http_timeout, tracking_cfg.http_retries)
     imports.mlflow()
     import mlflow
 
     if tracking_cfg.uri:
-        mlflow.set_tracking_uri(unmask(tracking_cfg.uri, os.environ))  # a password from the command line
+        mlflow.set_tracking_uri(unmask(tracking_cfg.uri))  # a password from the command line
     return mlflow.get_tracking_uri()
 
 
