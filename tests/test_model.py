@@ -265,3 +265,30 @@ def test_the_pipeline_trains_and_evaluates_with_mlflow_absent():
     accuracy, epochs, figures, mlflow_loaded = done.stdout.split()
     assert float(accuracy) > 0.9 and epochs == "2" and mlflow_loaded == "False"
     assert figures == "confusion_matrix,sample_predictions,learning_curves"
+
+
+@pytest.mark.parametrize("engine", ["compiled", "keras_fit"])
+def test_a_categorical_loss_trains_as_the_sparse_one_does(compose_cfg, engine):
+    """trainer.loss=categorical_crossentropy is the same loss on one-hot labels: the same losses and
+    accuracies epoch by epoch, on both engines; the focal loss trains too, to other values."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 10, 600).astype(np.uint8)
+    images = rng.integers(0, 30, (600, 28, 28)).astype(np.uint8)
+    images[np.arange(600), 2 * labels] = 255
+    data = Dataset(
+        images[:400], labels[:400], images[500:], labels[500:], "toy", x_val=images[400:500], y_val=labels[400:500]
+    )
+    histories = {}
+    for loss in ("sparse_categorical_crossentropy", "categorical_crossentropy", "categorical_focal_crossentropy"):
+        cfg, model = build(
+            compose_cfg, "trainer.epochs=2", "trainer.verbose=0", f"trainer.engine={engine}", f"trainer.loss={loss}"
+        )
+        keras.utils.set_random_seed(cfg.seed)
+        model = model_lib.build(cfg.model, cfg.preprocess, cfg.data)
+        train.compile_model(model, cfg.optimizer, cfg.trainer)
+        histories[loss] = train.fit(model, data, cfg.trainer, [], cfg.seed).history
+        histories[loss]["test_accuracy"] = [evaluate(model, data, cfg.trainer, cfg.data).accuracy]
+    sparse, categorical, focal = histories.values()
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy", "test_accuracy"):
+        np.testing.assert_allclose(categorical[name], sparse[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert focal["loss"][0] < sparse["loss"][0] * 0.9  # a loss of its own: focal down-weights easy examples

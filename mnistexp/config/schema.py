@@ -28,7 +28,8 @@ OPTIMIZERS = {
     "adagrad": "Adagrad",
 }
 ACTIVATIONS = ("relu", "sigmoid", "softmax", "tanh", "gelu", "elu", "selu", "linear")
-LOSSES = ("sparse_categorical_crossentropy",)
+# trainer.loss: Keras's losses by name; the categorical_* ones get the labels one-hot (evaluation.loss_targets)
+LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "categorical_focal_crossentropy")
 ENGINES = ("compiled", "keras_fit")
 MAX_HIDDEN_UNITS = 65_536
 MAX_HIDDEN_LAYERS = 16

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -47,17 +48,13 @@ def compiled_pass(
 ) -> Callable[[], tuple[float, np.ndarray]]:
     """A function that runs a whole split through the model as a TensorFlow graph, `batch` images
     per call, and returns the sample-weighted loss sum, computed as Keras computes the training
-    loss, and the predicted class of every image, in order.
-
-    No XLA here: compiling these one-step graphs takes longer than running them (measured:
-    0.4-0.7 s to compile a pass over 10,000 images that then runs in 0.03 s; tracing the graph
-    takes 0.1 s).
-    """
+    loss, and the predicted class of every image, in order. No XLA: these one-step graphs compile
+    for longer than they run (BENCHMARKS.md)."""
 
     @tf.function(autograph=False)
     def chunk_pass(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         scores = model(x, training=False)
-        loss = model.compute_loss(x=x, y=y, y_pred=scores, training=False)
+        loss = model.compute_loss(x=x, y=loss_targets(model, y), y_pred=scores, training=False)
         return loss * tf.cast(tf.shape(y)[0], tf.float32), tf.argmax(scores, axis=1, output_type=tf.int32)
 
     chunks = [
@@ -70,6 +67,17 @@ def compiled_pass(
         return sum(float(loss) for loss, _ in results), np.concatenate([predicted.numpy() for _, predicted in results])
 
     return run
+
+
+def loss_targets(model: keras.Model, labels: Any) -> Any:
+    """Class indices as the model's loss takes them: themselves for a sparse_* loss, one-hot rows for
+    a categorical_* one (trainer.loss). Tensors in, tensors out; NumPy arrays likewise."""
+    if not str(model.loss).startswith("categorical"):
+        return labels
+    classes = model.output_shape[-1]
+    if isinstance(labels, np.ndarray):
+        return np.eye(classes, dtype=np.float32)[labels]
+    return tf.one_hot(labels, classes)
 
 
 def per_class_precision_recall(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

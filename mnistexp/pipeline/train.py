@@ -15,7 +15,7 @@ from mnistexp import interrupts
 from mnistexp.config.schema import OPTIMIZERS, EarlyStoppingConfig, OptimizerConfig, TrainerConfig
 from mnistexp.errors import TrainingDivergedError
 from mnistexp.pipeline.data import Dataset
-from mnistexp.pipeline.evaluation import compiled_pass
+from mnistexp.pipeline.evaluation import compiled_pass, loss_targets
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,14 @@ def _train(
         engine.compile()
         compile_seconds = time.perf_counter() - started
         return engine.fit(callbacks), compile_seconds
+    validation = data.validation
     history = model.fit(
         data.x_train,
-        data.y_train,
+        loss_targets(model, data.y_train),
         epochs=trainer_cfg.epochs,
         batch_size=trainer_cfg.batch_size,
         shuffle=trainer_cfg.shuffle,
-        validation_data=data.validation,
+        validation_data=None if validation is None else (validation[0], loss_targets(model, validation[1])),
         validation_batch_size=trainer_cfg.eval_batch_size,
         verbose=trainer_cfg.verbose,
         callbacks=callbacks,
@@ -237,7 +238,7 @@ def _compiled_train_steps(model: keras.Model, images: tf.Tensor, labels: tf.Tens
             x, y = tf.gather(images, indices), tf.gather(labels, indices)
             with tf.GradientTape() as tape:
                 scores = model(x, training=True)
-                loss = model.compute_loss(x=x, y=y, y_pred=scores, training=True)
+                loss = model.compute_loss(x=x, y=loss_targets(model, y), y_pred=scores, training=True)
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
             weight = tf.cast(tf.shape(indices)[0], tf.float32)
             return i + 1, loss_sum + loss * weight, correct + _hits(scores, y)
