@@ -42,3 +42,7 @@ class TrainingDivergedError(UserError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Python is so the run ends KILLED like on Ctrl-C."""
+
+
+class SweepStopped(SystemExit):
+    """A sweep ends before its other jobs: what failed its first job would fail them all (said already)."""

@@ -275,3 +275,15 @@ def test_under_ci_a_skip_fails_unless_it_names_its_environment(pytester, monkeyp
     pytester.makepyfile(SKIPPING_TESTS)
     result = pytester.runpytest("-p", "tests.ci_policy")
     result.assert_outcomes(failed=failed, skipped=2 - failed)
+
+
+def test_a_launcher_mnistexp_does_not_know_shares_the_cores_among_all_the_jobs():
+    """An unknown parallel launcher may run every job at once: each gets its share, not every core."""
+    from omegaconf import OmegaConf
+
+    from mnistexp.environment import available_cores
+    from mnistexp.sweep.callback import threads_per_job
+
+    unknown = OmegaConf.create({"_target_": "somewhere.else.ParallelLauncher", "workers": 8})
+    assert threads_per_job(unknown, 4) == max(1, available_cores() // 4)
+    assert threads_per_job(unknown, 1) == available_cores()

@@ -253,3 +253,25 @@ def test_a_server_that_accepts_but_never_answers_is_cut_off_within_the_http_time
     assert done.returncode == 2 and "ReadTimeout" in done.stderr
     assert held, "the client never connected"
     assert seconds < 30  # about the 2 s timeout and the process's own start, not minutes
+
+
+def test_data_that_every_job_shares_and_cannot_be_read_stops_the_sweep_at_its_first_job(run_cli, tmp_path):
+    done = run_cli("-m", "model.hidden_units=0,16,32", "data.path=/nonexistent/x.npz", *TINY, check=False)
+    assert_one_clear_line(done, "/nonexistent/x.npz")
+    assert done.returncode == 2
+    runs = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = next(run for run in runs if run.data.tags.get("mnistexp.sweep") == "parent")
+    children = [run for run in runs if run is not parent]
+    assert [child.info.status for child in children] == ["FAILED"]  # the first job only
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs_failed"] == 1
+
+
+def test_a_sweep_over_data_goes_on_past_a_file_that_cannot_be_read(run_cli, tmp_path, mnist_path):
+    done = run_cli("-m", f"data.path=/nonexistent/x.npz,{mnist_path}", *TINY, check=False)
+    assert done.returncode == 1  # one job failed, the other ran
+    statuses = sorted(
+        run.info.status
+        for run in all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        if "mlflow.parentRunId" in run.data.tags
+    )
+    assert statuses == ["FAILED", "FINISHED"]

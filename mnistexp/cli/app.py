@@ -19,7 +19,7 @@ from mnistexp.cli.main import TRACEBACKS_ENV, read_environment
 from mnistexp.config.hydra_errors import explain
 from mnistexp.config.schema import CONFIG_MODULE, TrackingConfig, register_schema, typed
 from mnistexp.config.validation import validate
-from mnistexp.errors import UserError, report, show_tracebacks
+from mnistexp.errors import DataError, SweepStopped, UserError, report, show_tracebacks
 from mnistexp.sweep.callback import end_open_sweeps
 from mnistexp.sweep.handoff import SweepContext
 from mnistexp.tracking.masking import MaskingFilter
@@ -48,12 +48,23 @@ def _job(cfg: DictConfig) -> float:
         if not in_sweep:
             report(str(error))
             sys.exit(2)
-        report(f"job {' '.join(overrides)}: {error}")
-        from mnistexp.tracking import lifecycle
+        return _failed_job(cfg, overrides, sweep, error)
 
-        if sweep is not None and not getattr(error, lifecycle.RECORDED_IN_RUN, None):  # else its run ended FAILED
-            lifecycle.record_failed_run(typed(cfg.tracking, TrackingConfig), sweep, overrides, error)
-        return math.nan
+
+
+def _failed_job(cfg: DictConfig, overrides: list[str], sweep: SweepContext | None, error: Exception) -> float:
+    """A sweep's job that failed: a FAILED child (if its run did not end so already), and NaN, so the
+    sweep (and an Optuna study) goes on. Data that every job of the sweep shares and that cannot be
+    read stops the sweep here instead: one line, exit 2, one FAILED child."""
+    from mnistexp.tracking import lifecycle
+
+    shared_data = isinstance(error, DataError) and sweep is not None and not sweep.sweeps_data()
+    report(str(error) if shared_data else f"job {' '.join(overrides)}: {error}")
+    if sweep is not None and not getattr(error, lifecycle.RECORDED_IN_RUN, None):  # else its run ended FAILED
+        lifecycle.record_failed_run(typed(cfg.tracking, TrackingConfig), sweep, overrides, error)
+    if shared_data:
+        raise SweepStopped(2)
+    return math.nan
 
 
 def run_command() -> int:

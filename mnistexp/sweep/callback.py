@@ -16,7 +16,7 @@ from mnistexp import interrupts
 from mnistexp.config.schema import TrackingConfig, typed
 from mnistexp.config.selection import Selection
 from mnistexp.environment import available_cores, quiet_libraries
-from mnistexp.errors import UserError, first_line, report, show_tracebacks
+from mnistexp.errors import SweepStopped, UserError, first_line, report, show_tracebacks
 from mnistexp.sweep.handoff import SweepContext
 from mnistexp.tracking import names
 from mnistexp.tracking.masking import mask
@@ -44,17 +44,22 @@ def sweep_plan(config: DictConfig) -> tuple[list[str], int | None]:
     return keys, (None if 0 in sizes else math.prod(sizes))
 
 
+# Launchers that run a sweep's jobs one after another in this process: each job may use every core.
+ONE_AT_A_TIME = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",)
+
+
 def threads_per_job(launcher: DictConfig, jobs: int | None) -> int:
-    """What trainer.threads=auto means for each job of a sweep: the machine's cores shared among
-    the jobs the launcher runs at once (the basic launcher runs one), Slurm's cpus_per_task, or
-    the CPUs a job asks Ray for."""
-    kind = str(launcher._target_).rsplit(".", 1)[-1]
-    if kind == "SlurmLauncher":
-        return int(launcher.cpus_per_task or 1)
-    if kind == "RayLauncher":
-        return int(OmegaConf.select(launcher, "ray.remote.num_cpus") or 1)
+    """What trainer.threads=auto means for each job of a sweep, from the launcher's own settings: the
+    CPUs it gives a job (Slurm's cpus_per_task, Ray's ray.remote.num_cpus); every core for a launcher
+    that runs one job at a time; else the cores shared among the jobs that may run at once, joblib's
+    n_jobs, or for any other launcher (submitit_local, one mnistexp does not know) all of them."""
+    given = OmegaConf.select(launcher, "cpus_per_task") or OmegaConf.select(launcher, "ray.remote.num_cpus")
+    if given:
+        return int(given)
     cores = available_cores()
-    at_once = {"JoblibLauncher": OmegaConf.select(launcher, "n_jobs"), "LocalLauncher": jobs}.get(kind, 1)
+    if str(launcher._target_) in ONE_AT_A_TIME:
+        return cores
+    at_once = OmegaConf.select(launcher, "n_jobs", default=jobs)
     at_once = cores if at_once is None or at_once < 0 else at_once
     return max(1, cores // max(1, min(at_once, jobs or at_once)))
 
@@ -195,8 +200,9 @@ class MlflowSweep(Callback):
                     owe_summary(sweep.tracking_cfg, sweep.parent_run_id, sweep.selection, interrupted), []
                 )
         log.info(outcome.report)
-        for line in outcome.failures:
-            report(line)
+        if not isinstance(in_flight, SweepStopped):  # that one was said already, once
+            for line in outcome.failures:
+                report(line)
         if isinstance(in_flight, Exception) and not show_tracebacks():
             # The sweeper or launcher gave up (a cancelled Slurm job, a dead Ray worker): the
             # summary above says which jobs; its own error is one more line, not a traceback.

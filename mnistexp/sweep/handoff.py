@@ -35,6 +35,10 @@ class SweepContext:
         size, threads = environ.get(SWEEP_SIZE_ENV), environ.get(THREADS_ENV)
         return cls(parent, keys, int(size) if size else None, int(threads) if threads else None)
 
+    def sweeps_data(self) -> bool:
+        """Whether the jobs differ in their data (a `data` option or a data.* key is swept)."""
+        return any(key == "data" or key.startswith("data.") for key in self.swept_keys)
+
     def run_name(self, overrides: list[str]) -> str:
         """`model.hidden_units=32`: the job's own values of the swept keys."""
         swept = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") in self.swept_keys]
