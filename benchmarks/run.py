@@ -180,6 +180,9 @@ def _median_row(measured: list[dict], settings: dict) -> dict:
     }
     if "validation_share" in measured[0]:
         row["validation_share"] = statistics.median(run["validation_share"] for run in measured)
+    for fact in ("threads", "devices"):  # what mnistexp's runs found and used
+        if fact in measured[0]:
+            row[fact] = measured[0][fact]
     return row
 
 
@@ -241,14 +244,16 @@ def _mnistexp_fit(hidden: int, settings: dict) -> dict:
         cfg = validate(compose([*overrides, f"data.validation_size={validation}"]))
         data, _ = job.read_data(cfg, verbose=False)
         trained = train_and_evaluate(cfg, data)
-        results[bool(validation)] = (trained.fitted, trained.evaluation, len(data.y_train))
-    (fitted, tested, samples), (with_validation, _, _) = results[False], results[True]
+        results[bool(validation)] = (trained.fitted, trained.evaluation, len(data.y_train), trained.runtime)
+    (fitted, tested, samples, runtime), (with_validation, _, _, _) = results[False], results[True]
     training_only = with_validation.fit_seconds - with_validation.validation_seconds
     return {
         "seconds": fitted.fit_seconds,
         "accuracy": tested.accuracy,
         "samples": samples,
         "validation_share": with_validation.validation_seconds / training_only,
+        "threads": runtime["runtime.intra_op_threads"],
+        "devices": runtime["runtime.devices"],
     }
 
 
@@ -541,6 +546,22 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.system()} {platform.release()}; {versions}"
 
 
+def _threads_used(rows: list[dict]) -> str:
+    used = [f"{row['threads']} for {row['model']}" for row in rows if row["trainer"] == "mnistexp" and "threads" in row]
+    return ", ".join(used) or "(not measured)"
+
+
+def _gpu_line(rows: list[dict]) -> str:
+    """What TensorFlow found on this machine, as mnistexp's runs recorded it (runtime.devices)."""
+    devices = next((row["devices"] for row in rows if "devices" in row), None)
+    if devices is None:
+        return "No GPU rows: mnistexp's runs did not report their devices."
+    gpus = devices.split(",").count("GPU")
+    if not gpus:
+        return f"No GPU rows: TensorFlow found no GPU on this machine (its devices: {devices})."
+    return f"TensorFlow found {gpus} GPU(s) (devices: {devices}); the rows above ran on them."
+
+
 def _report(training: list[dict], gemm: dict, whole: dict | None, settings: dict, command: str) -> str:
     scope = (
         "a slice (6,000 train / 1,000 test images, 1 epoch, 1 round)"
@@ -557,9 +578,9 @@ def _report(training: list[dict], gemm: dict, whole: dict | None, settings: dict
         "",
         f"Training only, {scope}; Adam 1e-3, every trainer making one update per batch of "
         f"{settings['batch_size']} and reshuffling every epoch. Compilation (XLA, jit, torch.compile) counts as "
-        "training time. mnistexp runs with `trainer.threads: auto` (the cores a step keeps busy: one for A, "
-        "two for B); the notebook, PyTorch and JAX use every core (JAX on one core was slower on A: its "
-        "compiler uses both). Each measurement is a fresh process; the trainers take turns.",
+        f"training time. mnistexp runs with `trainer.threads: auto`, which chose {_threads_used(training)}; "
+        "the notebook, PyTorch and JAX use every core. Each measurement is a fresh process; the trainers "
+        "take turns.",
         "",
         _training_table(training, settings),
         "",
@@ -571,7 +592,7 @@ def _report(training: list[dict], gemm: dict, whole: dict | None, settings: dict
         "",
         "## GPU",
         "",
-        "No GPU rows: this task had no accelerator machine (the device tool's `status`: not drawn for one).",
+        _gpu_line(training),
     ]
     if whole:
         parts += ["", "## Whole commands", "", _whole_table(whole)]

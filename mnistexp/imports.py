@@ -30,8 +30,8 @@ def refused(*modules: str) -> Iterator[None]:
 def loaded_for_good(*modules: str) -> Iterator[None]:
     """Imports of modules that live as long as the process: the garbage collector pauses while they
     load, and what they made is then left out of its later passes (`gc.freeze`). Its full passes over
-    a heap that grows with every import took about 2 s of each run while TensorFlow and MLflow
-    loaded; the reference cycles the imports leave behind (a few MB) are kept. Does nothing once the
+    a heap that grows with every import cost seconds of each run while TensorFlow and MLflow
+    loaded (BENCHMARKS.md); the reference cycles the imports leave behind (a few MB) are kept. Does nothing once the
     modules are loaded, so a sweep's later jobs freeze nothing of theirs."""
     if all(name in sys.modules for name in modules) or not gc.isenabled():
         yield
@@ -47,7 +47,7 @@ def loaded_for_good(*modules: str) -> Iterator[None]:
 def tensorflow(verbose: bool) -> None:
     """TensorFlow and Keras, their start-up lines silenced unless `verbose`. Keras imports
     scikit-learn, when it is installed (MLflow brings it), for wrappers mnistexp never uses:
-    about 1 s of every run, refused here (Keras then behaves as if it were missing)."""
+    a second of every run (BENCHMARKS.md), refused here (Keras then behaves as if it were missing)."""
     quiet_libraries(verbose)
     with refused("sklearn"), stderr_silenced(not verbose), loaded_for_good("keras", "tensorflow"):
         import keras  # noqa: F401  (Keras 3 registers its TensorFlow backend on import)
@@ -57,13 +57,13 @@ def tensorflow(verbose: bool) -> None:
 
 
 def seaborn() -> None:
-    """seaborn, without SciPy: seaborn imports scipy.stats (about 1 s) for its kernel density
+    """seaborn, without SciPy: seaborn imports scipy.stats (slow to import) for its kernel density
     estimates and clustermaps, which mnistexp never draws, and falls back without it."""
     with refused("scipy"), loaded_for_good("seaborn"):
         import seaborn  # noqa: F401
 
 
 def mlflow() -> None:
-    """MLflow, loaded for good (about 2.5 s, a sixth of it the collector's passes without the pause)."""
+    """MLflow, loaded for good (the collector paused while it loads, see loaded_for_good)."""
     with loaded_for_good("mlflow"):
         import mlflow  # noqa: F401

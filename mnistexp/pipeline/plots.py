@@ -47,7 +47,7 @@ def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], accurac
 def sample_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]) -> Figure:
     """The images in a near-square grid, each labelled `true / predicted`, mistakes in red.
 
-    One mosaic on one axes: a figure of 25 small axes took a second and a half to lay out.
+    One mosaic on one axes: a figure of 25 small axes is slow to lay out (BENCHMARKS.md).
     """
     count = len(images)
     columns = max(1, int(np.ceil(np.sqrt(count))))

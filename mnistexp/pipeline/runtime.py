@@ -18,7 +18,7 @@ def configure_runtime(seed: int, trainer_cfg: TrainerConfig, threads: int, onedn
     results depend on (`onednn`: TF_ENABLE_ONEDNN_OPTS as the environment module read it)."""
     _set_threads(threads)
     # Sweeps run many jobs in one process: each starts from a clean Keras state. Without the full
-    # garbage collection Keras adds by default (0.7 s a job here); Python's own collector still runs.
+    # garbage collection Keras adds by default (BENCHMARKS.md); Python's own collector still runs.
     keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow, including fit's shuffling
     # Process-wide in TensorFlow: set it either way, so a sweep's later jobs do as their config says.
