@@ -1,22 +1,17 @@
-"""Shared fixtures: Hydra composition, the real MNIST file, a temporary MLflow store, a CLI runner."""
+"""Fixtures only (helpers live in tests/helpers): configs in layers, the real MNIST file, a store, the CLI."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from omegaconf import DictConfig, OmegaConf
 
 from mnistexp.config.schema import compose
 
-from .helpers import MNISTEXP, REPO_ROOT, clean_env
+from .helpers import MNISTEXP, REPO_ROOT, clean_env, commands
 
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
 pytest_plugins = ["pytester", "tests.ci_policy"]  # ci_policy: under CI, a skip that names no environment fails
@@ -35,9 +30,23 @@ def _forget_signals():
     interrupts.reset()
 
 
+@pytest.fixture(scope="session")
+def cfg_defaults() -> DictConfig:
+    """conf/ composed once for the whole session, as `mnistexp` with no overrides composes it
+    (lightning-hydra-template's cfg_train_global). Tests take a copy: `cfg` or `compose_cfg`."""
+    return compose()
+
+
+@pytest.fixture
+def cfg(cfg_defaults: DictConfig) -> DictConfig:
+    """A test's own copy of the defaults, free to change (lightning-hydra-template's cfg_train)."""
+    return OmegaConf.create(cfg_defaults)
+
+
 @pytest.fixture
 def compose_cfg():
-    """compose_cfg("model.hidden_units=100", ...) -> the DictConfig that `mnistexp ...` would run."""
+    """compose_cfg("model.hidden_units=100", ...) -> the DictConfig that `mnistexp ...` would run: the
+    overrides go through Hydra, which a copy of the defaults would skip (groups, experiments, errors)."""
 
     def _compose(*overrides: str):
         return compose(overrides)
@@ -64,68 +73,8 @@ def store(tmp_path: Path) -> str:
 def run_cli(tmp_path: Path, mnist_path: Path):
     """Run `mnistexp ARGS` in tmp_path as a user would (a new process), on the real MNIST file."""
 
-    def _run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    def _run(*args: str, env: dict[str, str] | None = None, check: bool = True):
         environment = clean_env(MNISTEXP_DATA=str(mnist_path), **(env or {}))
-        done = subprocess.run(
-            [MNISTEXP, *args], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=900
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"mnistexp {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}")
-        return done
+        return commands.run(MNISTEXP, *args, cwd=tmp_path, env=environment, check=check)
 
     return _run
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def mlflow_server(backend_store_uri: str, workdir: Path, artifacts: Path | None = None):
-    """`mlflow server` on a free loopback port for the duration of the block; yields its URL."""
-    port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        backend_store_uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    if artifacts is not None:
-        command += ["--artifacts-destination", str(artifacts), "--serve-artifacts"]
-    with serving(command, port, "/health", workdir / f"mlflow-server-{port}.log", cwd=workdir) as url:
-        yield url
-
-
-@contextlib.contextmanager
-def serving(command: list[str], port: int, ready_path: str, log: Path, seconds: float = 180, **popen):
-    """Run a server command in its own process group until the block ends; yields its URL once
-    GET `ready_path` answers 200 (the process dying or `seconds` passing fails the test)."""
-    popen.setdefault("env", dict(os.environ))
-    popen["env"].setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # its 7 huey workers: seconds of CPU
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, **popen)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}{ready_path}", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"{command[0]} did not answer within {seconds} s"
-            time.sleep(0.5)
-        yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, 15)
-            process.wait(timeout=60)

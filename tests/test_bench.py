@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from .helpers import REPO_ROOT, clean_env
+from .helpers import REPO_ROOT, clean_env, commands
 
 pytestmark = pytest.mark.slow  # a process per measurement on the MNIST file
 
@@ -25,11 +24,11 @@ TIMED = (
 def test_quick_benchmark_times_every_trainer_and_writes_a_report_and_an_mlflow_run(tmp_path, mnist_path):
     report = tmp_path / "BENCHMARKS.md"
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = subprocess.run(
-        [*BENCH, "--output", str(report)],
+    done = commands.run(
+        *BENCH,
+        "--output",
+        str(report),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         env=clean_env(MNISTEXP_DATA=str(mnist_path), MLFLOW_TRACKING_URI=store),
         timeout=1200,
     )
@@ -54,11 +53,13 @@ def test_one_failing_trainer_fails_the_benchmark_and_the_others_are_still_report
     (broken / "jax").mkdir(parents=True)
     (broken / "jax" / "__init__.py").write_text("raise ImportError('this jax is broken on purpose')\n")
     report = tmp_path / "BENCHMARKS.md"
-    done = subprocess.run(
-        [*BENCH, "--trainers", "mnistexp,jax_scan", "--output", str(report)],
+    done = commands.run(
+        *BENCH,
+        "--trainers",
+        "mnistexp,jax_scan",
+        "--output",
+        str(report),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         env=clean_env(
             MNISTEXP_DATA=str(mnist_path),
             MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -75,11 +76,13 @@ def test_one_failing_trainer_fails_the_benchmark_and_the_others_are_still_report
 def test_a_bad_data_file_fails_every_trainer_and_the_benchmark(tmp_path):
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"not an npz archive")
-    done = subprocess.run(
-        [*BENCH, "--trainers", "mnistexp,keras_fit", "--output", str(tmp_path / "BENCHMARKS.md")],
+    done = commands.run(
+        *BENCH,
+        "--trainers",
+        "mnistexp,keras_fit",
+        "--output",
+        str(tmp_path / "BENCHMARKS.md"),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         env=clean_env(MNISTEXP_DATA=str(broken), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}"),
         timeout=1200,
     )
@@ -98,12 +101,8 @@ def test_a_new_report_keeps_the_hand_written_notes(tmp_path):
 
 
 def test_the_benchmark_needs_the_data_file(tmp_path):
-    done = subprocess.run(
-        [*BENCH],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={key: value for key, value in clean_env().items() if key != "MNISTEXP_DATA"},
+    done = commands.run(
+        *BENCH, cwd=tmp_path, env={key: value for key, value in clean_env().items() if key != "MNISTEXP_DATA"}
     )
     assert done.returncode == 2 and "MNISTEXP_DATA" in done.stderr
     assert not Path(tmp_path / "BENCHMARKS.md").exists()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from .helpers import MNISTEXP, REPO_ROOT, TINY, SocketWatch, all_runs, clean_env, only_children, process_tree
+from .helpers import MNISTEXP, REPO_ROOT, TINY, all_runs, clean_env, commands, only_children
+from .helpers.sockets import SocketWatch, process_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("clusters")]
 
@@ -41,7 +42,7 @@ def sourced(env_file: Path) -> dict[str, str]:
 
 
 def sweep(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([MNISTEXP, "-m", *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    return commands.run(MNISTEXP, "-m", *args, cwd=workdir, env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +134,7 @@ def slurm():
     state = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
     state.chmod(0o755)  # munged refuses a socket under a folder that not everyone may enter (pytest's are 0700)
     try:
-        started = subprocess.run(
-            ["bash", str(REPO_ROOT / ".ci" / "slurm"), "start", str(state)], timeout=600, capture_output=True, text=True
-        )
+        started = commands.run("bash", str(REPO_ROOT / ".ci" / "slurm"), "start", str(state), timeout=600)
         assert started.returncode == 0, started.stderr[-3000:]
         yield sourced(state / "env.sh")
     finally:
@@ -151,9 +150,7 @@ def settled_slurm_states(env: dict[str, str], timeout: float = 120) -> list[str]
     """
     deadline = time.monotonic() + timeout
     while True:
-        states = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-o", "State"], env=env, capture_output=True, text=True, check=True
-        ).stdout.split()
+        states = commands.run("sacct", "-X", "-n", "-P", "-o", "State", env=env, check=True).stdout.split()
         if not {"PENDING", "RUNNING", "COMPLETING"} & set(states) or time.monotonic() > deadline:
             return states
         time.sleep(1)
@@ -200,7 +197,7 @@ def test_a_failed_and_a_cancelled_slurm_job_are_never_left_running(slurm, tmp_pa
     ):
         assert time.monotonic() < deadline and process.poll() is None, "the long job never started training"
         time.sleep(1)
-    queue = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()
+    queue = commands.run("squeue", "-h", "-o", "%i", env=env).stdout.split()
     assert queue, "no Slurm job to cancel"
     subprocess.run(["scancel", *queue], env=env, check=True)
     output = process.communicate(timeout=300)[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 from mnistexp.config.schema import compose
 from mnistexp.config.validation import ConfigError, hidden_layer_sizes, validate
 
-from .helpers import MNISTEXP, REPO_ROOT
+from .helpers import MNISTEXP, REPO_ROOT, commands
 
 
 def test_defaults_are_the_notebooks_model_a(compose_cfg):
@@ -95,16 +94,14 @@ def without_tensorflow_or_mlflow(tmp_path: Path) -> dict[str, str]:
     ],
 )
 def test_help_and_cfg_never_import_tensorflow_or_mlflow(args, without_tensorflow_or_mlflow):
-    done = subprocess.run([MNISTEXP, *args], env=without_tensorflow_or_mlflow, capture_output=True, text=True)
+    done = commands.run(MNISTEXP, *args, env=without_tensorflow_or_mlflow)
     assert done.returncode == 0, done.stderr
     assert "was imported" not in done.stderr
     assert "hidden_units" in done.stdout
 
 
 def test_a_bad_value_is_one_line_without_tensorflow(without_tensorflow_or_mlflow):
-    done = subprocess.run(
-        [MNISTEXP, "model.hidden_units=-1"], env=without_tensorflow_or_mlflow, capture_output=True, text=True
-    )
+    done = commands.run(MNISTEXP, "model.hidden_units=-1", env=without_tensorflow_or_mlflow)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["mnistexp: error: model.hidden_units must be an integer >= 0 (got -1)"]
 
@@ -177,7 +174,7 @@ def test_the_slurm_example_composes_with_the_submitit_launcher():
     ],
 )
 def test_hydras_errors_are_one_line_and_exit_2(args, line, without_tensorflow_or_mlflow):
-    done = subprocess.run([MNISTEXP, *args], env=without_tensorflow_or_mlflow, capture_output=True, text=True)
+    done = commands.run(MNISTEXP, *args, env=without_tensorflow_or_mlflow)
     assert done.returncode == 2
     [said] = done.stderr.strip().splitlines()
     assert said.startswith("mnistexp: error: ") and line in said
@@ -186,16 +183,12 @@ def test_hydras_errors_are_one_line_and_exit_2(args, line, without_tensorflow_or
 def test_a_missing_or_broken_experiment_names_what_it_found(tmp_path, without_tensorflow_or_mlflow):
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "mine.yaml").write_text("# @package _global_\nmodel:\n  hidden_units: [1, 2\n")
-    missing = subprocess.run(
-        [MNISTEXP, "experiment=nosuch"], cwd=tmp_path, env=without_tensorflow_or_mlflow, capture_output=True, text=True
-    )
+    missing = commands.run(MNISTEXP, "experiment=nosuch", cwd=tmp_path, env=without_tensorflow_or_mlflow)
     assert missing.returncode == 2
     [said] = missing.stderr.strip().splitlines()
     assert f"experiment=nosuch: no such experiment in {tmp_path / 'experiments'}" in said
     assert "found: hidden_sweep, mine, seed_hidden_100, seed_no_hidden, slurm_sweep" in said
-    broken = subprocess.run(
-        [MNISTEXP, "experiment=mine"], cwd=tmp_path, env=without_tensorflow_or_mlflow, capture_output=True, text=True
-    )
+    broken = commands.run(MNISTEXP, "experiment=mine", cwd=tmp_path, env=without_tensorflow_or_mlflow)
     assert broken.returncode == 2
     [said] = broken.stderr.strip().splitlines()
     assert said.startswith(f"mnistexp: error: {tmp_path / 'experiments' / 'mine.yaml'}, line ")
@@ -203,12 +196,7 @@ def test_a_missing_or_broken_experiment_names_what_it_found(tmp_path, without_te
 
 
 def test_hydra_full_error_still_shows_the_traceback(without_tensorflow_or_mlflow):
-    done = subprocess.run(
-        [MNISTEXP, "trainer.epochs=1.5"],
-        env={**without_tensorflow_or_mlflow, "HYDRA_FULL_ERROR": "1"},
-        capture_output=True,
-        text=True,
-    )
+    done = commands.run(MNISTEXP, "trainer.epochs=1.5", env={**without_tensorflow_or_mlflow, "HYDRA_FULL_ERROR": "1"})
     assert done.returncode != 0 and "Traceback" in done.stderr and "ConfigCompositionException" in done.stderr
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,8 @@ import pytest
 from mnistexp.config.schema import DataConfig
 from mnistexp.errors import DataError
 from mnistexp.pipeline.data import IDX_FILES, load, load_test_split
+
+from .helpers.data import write_idx
 
 SHAPE = (28, 28)
 
@@ -29,14 +29,6 @@ def make_arrays(n_train: int = 12, n_test: int = 6, seed: int = 0) -> dict[str, 
 def write_npz(path: Path, **arrays: np.ndarray) -> Path:
     np.savez(path, **arrays)
     return path
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    if path.suffix == ".gz":
-        payload = gzip.compress(payload)
-    path.write_bytes(payload)
 
 
 def data_config(path: Path | str | None) -> DataConfig:
@@ -290,7 +282,7 @@ def test_the_digest_is_the_sha256_of_every_array():
     assert split.digest == expected.hexdigest()
 
 
-STANDIN = Path(__file__).parent / "download_standin"  # its sitecustomize answers keras.datasets' download
+STANDIN = Path(__file__).parent / "helpers" / "download_standin"  # its sitecustomize answers keras.datasets' download
 TF_START_UP = "absl::InitializeLog"  # the first of TensorFlow's C++ start-up lines, on every machine
 
 
@@ -298,9 +290,8 @@ def run_with_download_standin(tmp_path: Path, mnist_path: Path, *overrides: str,
     """`mnistexp` with no data.path and MNISTEXP_DATA unset: the README's default path, Keras's download,
     here answered from the MNIST file by the stand-in."""
     import os
-    import subprocess
 
-    from .helpers import MNISTEXP, TINY, clean_env
+    from .helpers import MNISTEXP, TINY, clean_env, commands
 
     log = tmp_path / "downloads.txt"
     env = {key: value for key, value in clean_env().items() if key != "MNISTEXP_DATA"}
@@ -309,13 +300,8 @@ def run_with_download_standin(tmp_path: Path, mnist_path: Path, *overrides: str,
         MNISTEXP_TEST_DOWNLOAD=str(mnist_path),
         MNISTEXP_TEST_DOWNLOAD_LOG=str(log),
     )
-    done = subprocess.run(
-        [MNISTEXP, *TINY, *overrides, *(["hydra.verbose=true"] if verbose else [])],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = commands.run(
+        MNISTEXP, *TINY, *overrides, *(["hydra.verbose=true"] if verbose else []), cwd=tmp_path, env=env, timeout=600
     )
     return done, (log.read_text().split() if log.exists() else [])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
 from pathlib import Path
 
 import mlflow
@@ -16,7 +15,7 @@ from mlflow import MlflowClient
 
 from mnistexp.tracking.records import flatten
 
-from .helpers import JOB_ARTIFACTS, MNISTEXP, clean_env
+from .helpers import JOB_ARTIFACTS, MNISTEXP, clean_env, commands
 
 pytestmark = [
     pytest.mark.slow,
@@ -51,7 +50,7 @@ def default_run(tmp_path_factory, mnist_path):
     """One small run into MLflow's default store (./mlflow.db), shared by the assertions below."""
     workdir = tmp_path_factory.mktemp("default_store")
     env = clean_env(MNISTEXP_DATA=str(mnist_path))
-    done = subprocess.run([MNISTEXP, *SLICE], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    done = commands.run(MNISTEXP, *SLICE, cwd=workdir, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     client, experiment, run = only_run(uri)

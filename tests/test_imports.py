@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gc
 import importlib
-import subprocess
 import sys
 
 import pytest
 
 from mnistexp.imports import loaded_for_good
+
+from .helpers import commands
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ imports.tensorflow(verbose=False)
 counts.append(gc.get_freeze_count())
 print(*counts, gc.isenabled())
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = commands.run(sys.executable, "-c", script, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     before, after_mlflow, after_tensorflow, enabled = done.stdout.split()
     assert int(before) < int(after_mlflow) < int(after_tensorflow)

@@ -20,22 +20,9 @@ from mnistexp.errors import TrainingDivergedError
 from mnistexp.tracking.records import flatten
 
 from .helpers import JOB_ARTIFACTS
+from .helpers.data import learnable_npz
 
 pytestmark = pytest.mark.xdist_group("job")  # tests that share this module's fixtures run on one worker
-
-
-def learnable_npz(path: Path, seed: int = 0) -> Path:
-    """Digit-shaped arrays where class k lights up row 2k: any working pipeline learns them."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, count in (("train", 900), ("test", 300)):
-        labels = rng.integers(0, 10, count).astype(np.uint8)
-        images = rng.integers(0, 60, (count, 28, 28)).astype(np.uint8)
-        images[np.arange(count), 2 * labels] = 255
-        images[: count // 10, 2 * labels[: count // 10]] = 0  # some hard cases, so the confusion matrix is not diagonal
-        arrays[f"x_{split}"], arrays[f"y_{split}"] = images, labels
-    np.savez(path, **arrays)
-    return path
 
 
 @pytest.fixture(scope="module")

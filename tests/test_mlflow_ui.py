@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import mlflow_server
-from .helpers import MNISTEXP, TINY, clean_env
+from .helpers import MNISTEXP, TINY, clean_env, commands
+from .helpers.servers import mlflow_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -20,14 +19,7 @@ CHROMIUM = os.environ.get("MNISTEXP_CHROMIUM", "/usr/bin/chromium")
 @pytest.fixture
 def sweep_store(tmp_path, mnist_path) -> str:
     env = clean_env(MNISTEXP_DATA=str(mnist_path))
-    done = subprocess.run(
-        [MNISTEXP, "-m", "model.hidden_units=0,16,32", *TINY],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = commands.run(MNISTEXP, "-m", "model.hidden_units=0,16,32", *TINY, cwd=tmp_path, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 

@@ -13,6 +13,8 @@ from mnistexp.pipeline import runtime, train
 from mnistexp.pipeline.data import Dataset
 from mnistexp.pipeline.evaluation import evaluate, per_class_precision_recall
 
+from .helpers import commands
+
 
 def build(compose_cfg, *overrides):
     cfg = validate(compose_cfg(*overrides))
@@ -257,10 +259,9 @@ print(trained.evaluation.accuracy, len(trained.history["val_loss"]), ",".join(fi
 
 
 def test_the_pipeline_trains_and_evaluates_with_mlflow_absent():
-    import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", PIPELINE_WITHOUT_MLFLOW], capture_output=True, text=True, timeout=300)
+    done = commands.run(sys.executable, "-c", PIPELINE_WITHOUT_MLFLOW, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     accuracy, epochs, figures, mlflow_loaded = done.stdout.split()
     assert float(accuracy) > 0.9 and epochs == "2" and mlflow_loaded == "False"

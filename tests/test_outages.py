@@ -145,9 +145,9 @@ def stores(tmp_path):
     return {"server": server, "spool": tmp_path / "spool", "path": tmp_path}
 
 
-def recording(stores, switch: Switch, grace: float = 0) -> Recording:
+def recording(stores, switch: Switch, grace: float = 0, sleep=None) -> Recording:
     clock = Clock()
-    rider = Rider(stores["server"], grace=grace, clock=lambda: clock.now, sleep=clock.sleep)
+    rider = Rider(stores["server"], grace=grace, clock=lambda: clock.now, sleep=sleep or clock.sleep)
     return Recording(
         Sink(stores["server"], switch),
         rider,
@@ -225,21 +225,11 @@ def test_sync_twice_adds_nothing_the_second_time(stores):
 
 def test_a_short_outage_loses_nothing_and_leaves_no_spool(stores):
     switch = Switch(stores["server"])
-    clock = Clock()
 
     def sleep(seconds: float) -> None:  # the server comes back while the job waits
-        clock.sleep(seconds)
         switch.down = False
 
-    rider = Rider(stores["server"], grace=60, clock=lambda: clock.now, sleep=sleep)
-    run = Recording(
-        Sink(stores["server"], switch),
-        rider,
-        spool.opener(stores["spool"], stores["server"]),
-        "mnistexp",
-        "a run",
-        {"mnistexp.config_group": "g"},
-    )
+    run = recording(stores, switch, grace=60, sleep=sleep)
     write_a_run(run, switch, down_from=2)
     assert not run.spooled and not stores["spool"].exists()
     assert_the_whole_run(MlflowClient(stores["server"]), run.run_id, stores["path"])

@@ -12,7 +12,7 @@ import pytest
 import tomllib
 from mlflow import MlflowClient
 
-from .helpers import REPO_ROOT, TINY, clean_env, only_children
+from .helpers import REPO_ROOT, TINY, clean_env, commands, only_children
 
 pytestmark = pytest.mark.xdist_group("wheel")  # tests that share this module's fixtures run on one worker
 
@@ -82,9 +82,7 @@ def installed(tmp_path_factory) -> Path:
 
 def run(bin_dir: Path, workdir: Path, mnist_path: Path, *args: str, check: bool = True):
     env = {**clean_env(), "MNISTEXP_DATA": str(mnist_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    done = subprocess.run(
-        [str(bin_dir / args[0]), *args[1:]], cwd=workdir, env=env, capture_output=True, text=True, timeout=900
-    )
+    done = commands.run(str(bin_dir / args[0]), *args[1:], cwd=workdir, env=env, timeout=900)
     if check:
         assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return done
@@ -126,7 +124,7 @@ def test_git_tags_come_from_the_working_directory(installed, tmp_path, mnist_pat
     (tmp_path / "notes.txt").write_text("my experiments\n")
     subprocess.run([*git, "add", "notes.txt"], cwd=tmp_path, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "start"], cwd=tmp_path, check=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    commit = commands.run("git", "rev-parse", "HEAD", cwd=tmp_path).stdout.strip()
     run(installed, tmp_path, mnist_path, "mnistexp", *TINY)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [only] = client.search_runs([client.get_experiment_by_name("mnistexp").experiment_id])

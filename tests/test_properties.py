@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from mnistexp.config.selection import EPOCH_METRICS, MODES, RUN_METRICS
 from mnistexp.config.validation import ConfigError, validate
 from mnistexp.tracking.records import flatten
 
-from .helpers import MNISTEXP, clean_env
+from .helpers import MNISTEXP, clean_env, commands
 
 
 def is_int(value: Any) -> bool:
@@ -185,13 +184,8 @@ def test_the_cli_never_shows_a_traceback_or_leaves_a_run_running(tmp_path_factor
         "tracking.log_model=false",
         "trainer.verbose=0",
     ]
-    done = subprocess.run(
-        [MNISTEXP, override, *tiny],
-        cwd=workdir,
-        env=clean_env(MNISTEXP_DATA=str(mnist_path)),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = commands.run(
+        MNISTEXP, override, *tiny, cwd=workdir, env=clean_env(MNISTEXP_DATA=str(mnist_path)), timeout=300
     )
     assert "Traceback" not in done.stderr, (override, done.stderr[-3000:])
     if done.returncode != 0:

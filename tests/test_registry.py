@@ -13,8 +13,9 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from .conftest import free_port, serving
-from .helpers import BIN, MNISTEXP, MNISTEXP_RUNS, clean_env, only_children
+from .helpers import BIN, MNISTEXP, MNISTEXP_RUNS, clean_env, commands, only_children
+from .helpers.data import write_idx
+from .helpers.servers import free_port, serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("registry")]
 
@@ -34,7 +35,7 @@ SWEEP = [
 def sweep(tmp_path_factory, mnist_path):
     workdir = tmp_path_factory.mktemp("registry")
     env = clean_env(MNISTEXP_DATA=str(mnist_path))
-    done = subprocess.run([MNISTEXP, *SWEEP], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    done = commands.run(MNISTEXP, *SWEEP, cwd=workdir, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     parent, children = only_children(MlflowClient(uri))
@@ -42,13 +43,8 @@ def sweep(tmp_path_factory, mnist_path):
 
 
 def runs_command(sweep, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [MNISTEXP_RUNS, "--tracking-uri", sweep["uri"], *args],
-        cwd=sweep["workdir"],
-        env=sweep["env"],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    return commands.run(
+        MNISTEXP_RUNS, "--tracking-uri", sweep["uri"], *args, cwd=sweep["workdir"], env=sweep["env"], timeout=600
     )
 
 
@@ -299,20 +295,16 @@ def test_evaluate_refuses_a_model_of_other_image_shapes_in_one_line(sweep, tmp_p
         x_test=rng.integers(0, 256, (50, 14, 14), dtype=np.uint8),
         y_test=rng.integers(0, 10, 50, dtype=np.uint8),
     )
-    trained = subprocess.run(
-        [
-            MNISTEXP,
-            f"data.path={small}",
-            "data.image_shape=[14,14]",
-            "trainer.epochs=1",
-            "trainer.verbose=0",
-            "tracking.experiment=small-images",
-            f"tracking.uri={sweep['uri']}",
-        ],
+    trained = commands.run(
+        MNISTEXP,
+        f"data.path={small}",
+        "data.image_shape=[14,14]",
+        "trainer.epochs=1",
+        "trainer.verbose=0",
+        "tracking.experiment=small-images",
+        f"tracking.uri={sweep['uri']}",
         cwd=sweep["workdir"],
         env=sweep["env"],
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -325,12 +317,10 @@ def test_evaluate_refuses_a_model_of_other_image_shapes_in_one_line(sweep, tmp_p
 
 
 def test_predict_reads_an_idx_image_file(sweep, registered, tmp_path):
-    import struct
-
     with np.load(sweep["mnist"]) as mnist:
         images = mnist["x_test"][:100]
     idx = tmp_path / "t10k-images-idx3-ubyte"
-    idx.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">3I", *images.shape) + images.tobytes())
+    write_idx(idx, images)
     npz = tmp_path / "images.npz"
     np.savez(npz, images=images)
     from_idx = runs_command(sweep, "predict", "models:/digits@champion", str(idx))

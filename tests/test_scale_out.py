@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import mlflow_server
-from .helpers import MNISTEXP, MNISTEXP_RUNS, TINY, clean_env
+from .helpers import MNISTEXP, MNISTEXP_RUNS, TINY, clean_env, commands
+from .helpers.servers import mlflow_server
 
 pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
 
@@ -19,9 +18,7 @@ def sweep(workdir: Path, mnist_path: Path, *args: str, tracking_uri: str | None 
     env = clean_env(MNISTEXP_DATA=str(mnist_path))
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
-    done = subprocess.run(
-        [MNISTEXP, "-m", *TINY, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=900
-    )
+    done = commands.run(MNISTEXP, "-m", *TINY, *args, cwd=workdir, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout + done.stderr
 
@@ -67,12 +64,16 @@ def check_server_store(url: str, artifacts: Path | None) -> None:
 
 def register_best(uri: str, workdir: Path, parent_run_id: str, version: int) -> None:
     """`mnistexp-runs register --best` against this store: version `version` of `digits`, the champion."""
-    done = subprocess.run(
-        [MNISTEXP_RUNS, "--tracking-uri", uri, "register", "--best", parent_run_id, "digits"],
+    done = commands.run(
+        MNISTEXP_RUNS,
+        "--tracking-uri",
+        uri,
+        "register",
+        "--best",
+        parent_run_id,
+        "digits",
         cwd=workdir,
         env=clean_env(),
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]

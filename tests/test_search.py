@@ -11,7 +11,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from .helpers import MNISTEXP, clean_env, only_children
+from .helpers import MNISTEXP, clean_env, commands, only_children
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("study")]
 
@@ -34,12 +34,15 @@ ALL_RUN = ["model.hidden_units=choice(0,16,32)", "hydra.sweeper.enqueue_trials=[
 
 
 def search(workdir: Path, mnist_path: Path, trials: int, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [MNISTEXP, "-m", "hparams_search=optuna", f"hydra.sweeper.n_trials={trials}", *SLICE, *extra],
+    return commands.run(
+        MNISTEXP,
+        "-m",
+        "hparams_search=optuna",
+        f"hydra.sweeper.n_trials={trials}",
+        *SLICE,
+        *extra,
         cwd=workdir,
         env=clean_env(MNISTEXP_DATA=str(mnist_path)),
-        capture_output=True,
-        text=True,
         timeout=1200,
     )
 

@@ -16,7 +16,7 @@ from mnistexp.config.schema import compose, config_digest
 from mnistexp.config.validation import validate
 from mnistexp.sweep.callback import sweep_plan
 
-from .helpers import MNISTEXP, TINY, clean_env, signals_as_usual
+from .helpers import MNISTEXP, TINY, clean_env, commands, signals_as_usual
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,19 +43,15 @@ def grid(tmp_path_factory, mnist_path):
     """A 2 x 2 grid over hidden units and learning rate, run once for the tests below."""
     workdir = tmp_path_factory.mktemp("grid")
     env = clean_env(MNISTEXP_DATA=str(mnist_path))
-    done = subprocess.run(
-        [
-            MNISTEXP,
-            "-m",
-            "model.hidden_units=0,16",
-            "optimizer.learning_rate=0.001,0.01",
-            "data.validation_size=200",
-            *TINY,
-        ],
+    done = commands.run(
+        MNISTEXP,
+        "-m",
+        "model.hidden_units=0,16",
+        "optimizer.learning_rate=0.001,0.01",
+        "data.validation_size=200",
+        *TINY,
         cwd=workdir,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=900,
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -107,10 +103,15 @@ def test_the_parent_summarises_its_children_chosen_on_validation(grid):
 def test_compare_prints_the_children_best_first(grid, tmp_path):
     parents, children = split(runs_in(grid["uri"]))
     plot = tmp_path / "accuracy.png"
-    done = subprocess.run(
-        [RUNS, "--tracking-uri", grid["uri"], "compare", "--parent", parents[0].info.run_id, "--plot", str(plot)],
-        capture_output=True,
-        text=True,
+    done = commands.run(
+        RUNS,
+        "--tracking-uri",
+        grid["uri"],
+        "compare",
+        "--parent",
+        parents[0].info.run_id,
+        "--plot",
+        str(plot),
         env=grid["env"],
     )
     assert done.returncode == 0, done.stderr
@@ -133,12 +134,8 @@ def test_compare_prints_the_children_best_first(grid, tmp_path):
 def test_reproduce_gives_identical_metrics_in_a_new_tagged_run(grid):
     _, children = split(runs_in(grid["uri"]))
     original = next(c for c in children if c.data.params["model.hidden_units"] == "16")
-    done = subprocess.run(
-        [RUNS, "--tracking-uri", grid["uri"], "reproduce", original.info.run_id],
-        capture_output=True,
-        text=True,
-        env=grid["env"],
-        cwd=grid["workdir"],
+    done = commands.run(
+        RUNS, "--tracking-uri", grid["uri"], "reproduce", original.info.run_id, cwd=grid["workdir"], env=grid["env"]
     )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "test_accuracy" in done.stdout and "NO" not in done.stdout
@@ -164,13 +161,7 @@ def test_reproduce_on_other_data_exits_1_and_says_the_data_differs(tmp_path, mni
     [original] = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("mnistexp").experiment_id])
     arrays["x_test"] = np.roll(arrays["x_test"], 3, axis=2)  # the same labels, images moved 3 pixels right
     np.savez(data, **arrays)
-    done = subprocess.run(
-        [RUNS, "--tracking-uri", store, "reproduce", original.info.run_id],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        cwd=tmp_path,
-    )
+    done = commands.run(RUNS, "--tracking-uri", store, "reproduce", original.info.run_id, cwd=tmp_path, env=clean_env())
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
     table = {line.split()[0]: line.split()[-1] for line in done.stdout.splitlines() if line.startswith("test_")}
     assert table["test_accuracy"] == "NO"
@@ -178,12 +169,13 @@ def test_reproduce_on_other_data_exits_1_and_says_the_data_differs(tmp_path, mni
 
 
 def test_the_pinned_hidden_sweep_runs_as_a_multirun(tmp_path, mnist_path):
-    done = subprocess.run(
-        [MNISTEXP, "-m", "experiment=hidden_sweep", *TINY],
+    done = commands.run(
+        MNISTEXP,
+        "-m",
+        "experiment=hidden_sweep",
+        *TINY,
         cwd=tmp_path,
         env=clean_env(MNISTEXP_DATA=str(mnist_path)),
-        capture_output=True,
-        text=True,
         timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -199,7 +191,7 @@ def test_pin_writes_an_experiment_that_the_working_directory_finds_first(grid, t
     _, children = split(runs_in(grid["uri"]))
     original = children[0]
     pin = [RUNS, "--tracking-uri", grid["uri"], "pin", original.info.run_id, "seed_hidden_100"]
-    done = subprocess.run(pin, capture_output=True, text=True, env=grid["env"], cwd=tmp_path)
+    done = commands.run(*pin, env=grid["env"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "experiments" / "seed_hidden_100.yaml").is_file()
     monkeypatch.chdir(tmp_path)  # ./experiments/seed_hidden_100.yaml shadows the packaged one of that name
@@ -210,7 +202,7 @@ def test_pin_writes_an_experiment_that_the_working_directory_finds_first(grid, t
     assert config_digest(validate(cfg)) == config_digest(validate(OmegaConf.merge(cfg, OmegaConf.load(logged))))
     assert cfg.tracking.run_name == "seed_hidden_100"
     assert cfg.model.hidden_units == int(original.data.params["model.hidden_units"])
-    again = subprocess.run(pin, capture_output=True, text=True, env=grid["env"], cwd=tmp_path)
+    again = commands.run(*pin, env=grid["env"], cwd=tmp_path)
     assert again.returncode == 2 and "exists" in again.stderr
 
 
@@ -235,9 +227,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path, mn
     }
     assert 1 <= len(finished_before) < 3
 
-    done = subprocess.run(
-        [*sweep, "tracking.skip_finished=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
-    )
+    done = commands.run(*sweep, "tracking.skip_finished=true", cwd=tmp_path, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (done.stdout + done.stderr).count("skipped: run") == len(finished_before)
     parents, children = split(runs_in(uri))

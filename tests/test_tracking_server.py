@@ -7,17 +7,15 @@ import os
 import secrets
 import sqlite3
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import requests
 from mlflow import MlflowClient
 
-from .conftest import free_port
-from .helpers import MNISTEXP, MNISTEXP_RUNS, clean_env, only_children
+from .helpers import MNISTEXP, MNISTEXP_RUNS, clean_env, commands, only_children
+from .helpers.servers import Server
 
 pytestmark = pytest.mark.slow
 
@@ -30,68 +28,6 @@ SWEEP = [
     "trainer.verbose=2",
     "tracking.log_model=true",
 ]
-
-
-class Server:
-    """`mlflow server` on one loopback port that a test can stop and start again."""
-
-    def __init__(self, workdir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.workdir, self.port, self.extra, self.env = workdir, free_port(), extra, env or {}
-        self.db = workdir / "server.db"
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        command = [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{self.db}",
-            "--artifacts-destination",
-            str(self.workdir / "server-artifacts"),
-            "--serve-artifacts",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-            *self.extra,
-        ]
-        log = (self.workdir / "server.log").open("a")
-        env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self.env)  # no huey workers: seconds of CPU
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            assert self.process.poll() is None, (self.workdir / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not come up"
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, 9)  # as a crash would: no clean shutdown
-            self.process.wait(timeout=60)
-        self.process = None
-
-    def child_training(self, index: int) -> bool:
-        """Whether the index-th child run is RUNNING with an epoch logged (read from the server's own file)."""
-        try:
-            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=0.2) as db:
-                runs = db.execute(
-                    "SELECT runs.run_uuid, runs.status FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-                    "WHERE tags.key = 'mlflow.parentRunId' ORDER BY runs.start_time"
-                ).fetchall()
-                if len(runs) <= index or runs[index][1] != "RUNNING":
-                    return False
-                return bool(db.execute(f"SELECT 1 FROM metrics WHERE run_uuid = '{runs[index][0]}'").fetchall())
-        except sqlite3.Error:
-            return False
 
 
 @pytest.fixture
@@ -186,7 +122,7 @@ def test_past_the_grace_runs_wait_in_the_spool_and_sync_delivers_them_once(serve
     server.start()
 
     sync = [MNISTEXP_RUNS, "--tracking-uri", server.url, "sync"]
-    first = subprocess.run(sync, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    first = commands.run(*sync, cwd=tmp_path, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "synced 3 runs" in first.stdout
     assert_complete(server.url, jobs=3)
@@ -194,7 +130,7 @@ def test_past_the_grace_runs_wait_in_the_spool_and_sync_delivers_them_once(serve
     before = {
         run.info.run_id: len(client.get_metric_history(run.info.run_id, "loss")) for run in only_children(client)[1]
     }
-    again = subprocess.run(sync, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    again = commands.run(*sync, cwd=tmp_path, timeout=600)
     assert again.returncode == 0 and "nothing to sync" in again.stdout
     assert before == {
         run.info.run_id: len(client.get_metric_history(run.info.run_id, "loss")) for run in only_children(client)[1]
@@ -241,9 +177,7 @@ def test_an_authenticated_server_refuses_a_client_without_good_credentials_in_on
     env = {"MLFLOW_TRACKING_URI": auth_server.url, "MNISTEXP_DATA": str(mnist_path)}
     if credentials:
         env.update(MLFLOW_TRACKING_USERNAME=credentials[0], MLFLOW_TRACKING_PASSWORD=credentials[1])
-    done = subprocess.run(
-        [MNISTEXP, *TINY_RUN], cwd=tmp_path, env=clean_env(**env), capture_output=True, text=True, timeout=300
-    )
+    done = commands.run(MNISTEXP, *TINY_RUN, cwd=tmp_path, env=clean_env(**env), timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     [line] = [line for line in done.stderr.splitlines() if line.startswith("mnistexp: error: ")]
     assert auth_server.url in line and "refused our credentials (HTTP 401)" in line
@@ -263,18 +197,9 @@ def test_an_authenticated_server_serves_runs_sweeps_and_the_runs_command(auth_se
         MLFLOW_TRACKING_PASSWORD="alice-password-12",
         MNISTEXP_DATA=str(mnist_path),
     )
-    sweep = subprocess.run(
-        [MNISTEXP, "-m", "model.hidden_units=0,16", *TINY_RUN],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    sweep = commands.run(MNISTEXP, "-m", "model.hidden_units=0,16", *TINY_RUN, cwd=tmp_path, env=env, timeout=600)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
-    compared = subprocess.run(
-        [MNISTEXP_RUNS, "compare"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    compared = commands.run(MNISTEXP_RUNS, "compare", cwd=tmp_path, env=env, timeout=300)
     assert compared.returncode == 0, compared.stderr[-3000:]
     assert compared.stdout.splitlines()[0] == "ranked by test_accuracy (max), selected on test data"
     assert len(compared.stdout.splitlines()) == 2 + 2 + 1  # title, header, two runs, the no-interval line
@@ -297,31 +222,22 @@ def test_no_password_reaches_the_store_a_pinned_file_hydras_files_or_the_console
     password = database.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     assert len(password) >= 8
     env = clean_env(MNISTEXP_DATA=str(mnist_path))
-    run = subprocess.run(
-        [
-            MNISTEXP,
-            "-m",
-            "model.hidden_units=0",
-            f"tracking.uri={database}",
-            "tracking.experiment=no-secrets",
-            *TINY_RUN,
-        ],
+    run = commands.run(
+        MNISTEXP,
+        "-m",
+        "model.hidden_units=0",
+        f"tracking.uri={database}",
+        "tracking.experiment=no-secrets",
+        *TINY_RUN,
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:].replace(password, "***")
     client = MlflowClient(database)
     parent, [child] = only_children(client, "no-secrets")  # the database is shared with other tests
-    pin = subprocess.run(
-        [MNISTEXP_RUNS, "--tracking-uri", database, "pin", child.info.run_id, "best"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    pin = commands.run(
+        MNISTEXP_RUNS, "--tracking-uri", database, "pin", child.info.run_id, "best", cwd=tmp_path, env=env, timeout=300
     )
     assert pin.returncode == 0, pin.stderr[-3000:].replace(password, "***")
     seen = [run.stdout, run.stderr, pin.stdout, pin.stderr]
