@@ -15,8 +15,7 @@ from mnistexp.config.validation import ConfigError, hidden_layer_sizes, validate
 from .helpers import MNISTEXP, REPO_ROOT, commands
 
 
-def test_defaults_are_the_notebooks_model_a(compose_cfg):
-    cfg = compose_cfg()
+def test_defaults_are_the_notebooks_model_a(cfg):
     validate(cfg)
     assert cfg.model.hidden_units == 0
     assert cfg.model.output_activation == "sigmoid"

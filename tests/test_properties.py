@@ -123,8 +123,8 @@ VALUES = st.one_of(SCALARS, st.lists(st.one_of(st.integers(-5, 300), TEXT), max_
 DEFAULTS = compose()
 
 
-def test_every_key_has_a_rule():
-    assert set(RULES) == set(flatten(OmegaConf.to_container(DEFAULTS)))
+def test_every_key_has_a_rule(cfg_defaults):
+    assert set(RULES) == set(flatten(OmegaConf.to_container(cfg_defaults)))
 
 
 @settings(max_examples=400, deadline=None)

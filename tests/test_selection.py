@@ -121,3 +121,32 @@ def test_validation_metrics_are_allowed_with_a_split(compose_cfg):
     validate(
         compose_cfg("data.validation_size=0.1", "selection.metric=val_loss", "trainer.early_stopping.enabled=true")
     )
+
+
+def test_reproduce_says_what_differs_and_whether_the_same_bits_were_to_be_expected():
+    from mnistexp.tracking.lifecycle import reproducibility
+
+    then = {
+        "versions.tensorflow": "2.21.0",
+        "runtime.intra_op_threads": "2",
+        "runtime.onednn": "default (on)",
+        "runtime.deterministic_ops": "True",
+        "runtime.machine": "x86_64 AMD EPYC",
+        "mnistexp.data_sha256": "abc",
+    }
+    assert reproducibility(then, dict(then)) == [
+        "bit-identical results were to be expected: yes (the same libraries, machine, threads and data, "
+        "with deterministic ops)"
+    ]
+    now = {**then, "versions.tensorflow": "2.22.0", "runtime.intra_op_threads": "4", "mnistexp.data_sha256": "def"}
+    lines = reproducibility(then, now)
+    assert lines[:3] == [
+        "differs: runtime.intra_op_threads: 2 then, 4 now",
+        "differs: versions.tensorflow: 2.21.0 then, 2.22.0 now",
+        "differs: the data (mnistexp.data_sha256)",
+    ]
+    assert lines[-1].startswith("bit-identical results were to be expected: no")
+    undetermined = {**then, "runtime.deterministic_ops": "False"}
+    assert reproducibility(undetermined, dict(undetermined))[-1] == (
+        "bit-identical results were to be expected: no (not with op determinism off)"
+    )

@@ -139,6 +139,7 @@ def test_reproduce_gives_identical_metrics_in_a_new_tagged_run(grid):
     )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "test_accuracy" in done.stdout and "NO" not in done.stdout
+    assert "bit-identical results were to be expected: yes" in done.stdout and "differs:" not in done.stdout
     [again] = [run for run in runs_in(grid["uri"]) if run.data.tags.get("mnistexp.reproduces") == original.info.run_id]
     assert again.data.metrics["test_accuracy"] == original.data.metrics["test_accuracy"]
     assert again.data.metrics["test_loss"] == original.data.metrics["test_loss"]
@@ -165,7 +166,8 @@ def test_reproduce_on_other_data_exits_1_and_says_the_data_differs(tmp_path, mni
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
     table = {line.split()[0]: line.split()[-1] for line in done.stdout.splitlines() if line.startswith("test_")}
     assert table["test_accuracy"] == "NO"
-    assert "note: the data differs from the original run's (mnistexp.data_sha256)" in done.stdout
+    assert "differs: the data (mnistexp.data_sha256)" in done.stdout
+    assert "bit-identical results were to be expected: no" in done.stdout
 
 
 def test_the_pinned_hidden_sweep_runs_as_a_multirun(tmp_path, mnist_path):
