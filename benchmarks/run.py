@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    from mnistexp.cli.runs import default_config
+    from mnistexp.config.schema import compose
 
-    cfg = default_config()
+    cfg = compose()
     return {
         "data_path": cfg.data.path,
         "epochs": 1 if args.quick else cfg.trainer.epochs,

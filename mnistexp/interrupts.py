@@ -133,8 +133,9 @@ def pause_at(moment: str | None) -> None:
         _pause_at = None
         return
     name, _, count = moment.partition("@")
-    _pause_at = (name, int(count or 1))
-    _phases_seen.clear()
+    if _pause_at != (name, int(count or 1)):  # each job of a sweep reads it again: the count goes on
+        _pause_at = (name, int(count or 1))
+        _phases_seen.clear()
 
 
 def phase(name: str) -> None:

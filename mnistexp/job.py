@@ -34,9 +34,11 @@ def train_and_record(
     *,
     verbose: bool = False,
     extra_tags: Mapping[str, str] | None = None,
+    thread_share: int | None = None,
 ) -> JobResult:
     """Train, evaluate and record one job. `sweep` makes its run a child of the sweep's parent run;
-    `verbose` (hydra.verbose) lets the libraries' own console lines through."""
+    `verbose` (hydra.verbose) lets the libraries' own console lines through; `thread_share` is what
+    trainer.threads=auto means outside a sweep (a reproduction takes the original's)."""
     environment.quiet_libraries(verbose)
     data, identity = read_data(cfg, verbose)  # a missing or corrupt file fails before TensorFlow or a run
     from mnistexp.tracking import lifecycle, records, store
@@ -61,7 +63,7 @@ def train_and_record(
             cfg,
             data,
             callbacks=[records.epoch_metrics_callback(run)],
-            thread_share=sweep.threads if sweep else None,
+            thread_share=sweep.threads if sweep else thread_share,
             onednn=environment.onednn_setting(),
         )
         records.log_trained(run, cfg, data, trained)

@@ -76,8 +76,8 @@ import gc
 from mnistexp import imports
 from mnistexp.tracking import store
 from mnistexp.config.schema import TrackingConfig, typed
-from mnistexp.cli.runs import default_config
-config = typed(default_config().tracking, TrackingConfig)
+from mnistexp.config.schema import compose
+config = typed(compose().tracking, TrackingConfig)
 config.uri = "sqlite:///{tmp_path}/mlflow.db"
 counts = [gc.get_freeze_count()]
 store.use_store(config)

@@ -247,7 +247,12 @@ def reproduce_run(command: Command) -> int:
     tracking = replace(
         cfg.tracking, uri=client.tracking_uri, run_name=f"reproduce {original.info.run_name}", skip_finished=False
     )
-    result = train_and_record(replace(cfg, tracking=tracking), extra_tags={names.REPRODUCES_TAG: command.args.run_id})
+    threads = original.data.tags.get("runtime.intra_op_threads", "")  # auto: the original's share of the cores
+    result = train_and_record(
+        replace(cfg, tracking=tracking),
+        extra_tags={names.REPRODUCES_TAG: command.args.run_id},
+        thread_share=int(threads) if threads.isdigit() else None,
+    )
     again = _get_run(client, result.run_id)
     print(f"{'metric':<16}{'original':>14}{'reproduced':>14}  same")
     same = True
