@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from .helpers import MNISTEXP, REPO_ROOT, TINY, all_runs, clean_env, commands, only_children
 from .helpers.sockets import SocketWatch, process_tree
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("clusters")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time: their default ports clash
 
 # What keeps Ray on loopback (see .ci/ray): no "node IP" found by dialling out, no usage report,
 # and the cloud-metadata probe sent to a closed loopback port.
@@ -159,6 +159,7 @@ def settled_slurm_states(env: dict[str, str], timeout: float = 120) -> list[str]
 SLURM_FITS_TWO_CORES = ["hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
 
 
+@pytest.mark.xdist_group("slurm")  # its own worker: one Slurm node per machine (fixed ports)
 def test_the_slurm_experiment_runs_on_slurm(slurm, tmp_path, mnist_path):
     env = clean_env(**slurm, MNISTEXP_DATA=str(mnist_path))
     done = sweep(tmp_path, env, "experiment=slurm_sweep", "model.hidden_units=0,16", *SLURM_FITS_TWO_CORES, *TINY)
@@ -171,6 +172,7 @@ def test_the_slurm_experiment_runs_on_slurm(slurm, tmp_path, mnist_path):
     assert settled_slurm_states(env).count("COMPLETED") >= 2  # the jobs really went through Slurm
 
 
+@pytest.mark.xdist_group("slurm")
 def test_a_failed_and_a_cancelled_slurm_job_are_never_left_running(slurm, tmp_path, mnist_path):
     env = clean_env(**slurm, MNISTEXP_DATA=str(mnist_path))
     store = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

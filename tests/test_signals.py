@@ -17,9 +17,9 @@ SWEEP = (
     "-m",
     "model.hidden_units=0,16,32",
     "data.validation_size=300",
-    "trainer.limit_train_samples=6000",
+    "trainer.limit_train_samples=3000",
     "trainer.limit_test_samples=500",
-    "trainer.epochs=3",
+    "trainer.epochs=2",
     "trainer.verbose=2",  # a line per epoch
 )
 
@@ -46,7 +46,7 @@ MOMENTS = [
     Moment("logging the plots", "logging the plots", parent_exists=True),
     Moment("between jobs", "between jobs", parent_exists=True),
     Moment("the second job's data", "loading the data@2", parent_exists=True),
-    Moment("the last job's training", "training@7", parent_exists=True),  # job 3, epoch 1
+    Moment("the last job's training", "training@5", parent_exists=True),  # job 3, epoch 1
     Moment("writing the summary", "writing the summary", parent_exists=True),
 ]
 
