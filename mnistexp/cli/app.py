@@ -51,7 +51,6 @@ def _job(cfg: DictConfig) -> float:
         return _failed_job(cfg, overrides, sweep, error)
 
 
-
 def _failed_job(cfg: DictConfig, overrides: list[str], sweep: SweepContext | None, error: Exception) -> float:
     """A sweep's job that failed: a FAILED child (if its run did not end so already), and NaN, so the
     sweep (and an Optuna study) goes on. Data that every job of the sweep shares and that cannot be
