@@ -58,6 +58,15 @@ class Trained:
         yield "learning_curves", plots.learning_curves(self.fitted.history, self.fitted.best_epoch)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One job of a group trained together: its config, its data, the Keras callbacks that record it."""
+
+    cfg: MnistexpConfig
+    data: Dataset
+    callbacks: Sequence[Any] = ()
+
+
 def train_and_evaluate(
     cfg: MnistexpConfig,
     data: Dataset,
@@ -72,15 +81,68 @@ def train_and_evaluate(
     `callbacks` are Keras callbacks (how a run logs each epoch); `thread_share` is a sweep's share of
     the cores for `trainer.threads: auto`; `onednn` is what the runtime facts report for oneDNN.
     """
+    [outcome] = train_together([Job(cfg, data, callbacks)], thread_share=thread_share, onednn=onednn)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def train_together(
+    jobs: Sequence[Job],
+    *,
+    pool: tuple[Any, Any] | None = None,
+    thread_share: int | None = None,
+    onednn: str = "default (on)",
+) -> list[Trained | Exception]:
+    """`train_and_evaluate` for jobs that share their data, batch size, epochs, shuffle and engine,
+    trained as one program (the fused launcher's groups): each job's outcome, its Trained or the
+    error that ended it alone (a NaN loss). `pool` is the training split their own were drawn from
+    (`Dataset.train_positions`); a single job needs none. Each job's result is bit-identical to its
+    training alone: every job keeps its own ops, seed, data order, early stopping and callbacks."""
     from mnistexp import interrupts
     from mnistexp.config.validation import parameter_count
-    from mnistexp.pipeline import evaluation, model, runtime, train
+    from mnistexp.pipeline import evaluation, model, programs, runtime, train
 
-    threads = runtime.threads_for(cfg.trainer, parameter_count(cfg.model, cfg.data), thread_share)
-    facts = runtime.configure_runtime(cfg.seed, cfg.trainer, threads, onednn)
+    networks, facts = [], []
+    for job in jobs:
+        cfg = job.cfg
+        threads = runtime.threads_for(cfg.trainer, parameter_count(cfg.model, cfg.data), thread_share)
+        facts.append(runtime.configure_runtime(cfg.seed, cfg.trainer, threads, onednn))
+        networks.append(model.build(cfg.model, cfg.preprocess, cfg.data))
+        train.compile_model(networks[-1], cfg.optimizer, cfg.trainer)
+    trainees, steps, slots = networks, None, None
+    if jobs[0].cfg.trainer.engine == "compiled":  # keras_fit's model.fit makes its own functions
+        slots = programs.PROGRAMS.slots(
+            [programs.slot_key(job.cfg, network) for job, network in zip(jobs, networks, strict=True)],
+            lambda k: _fresh_network(jobs[k].cfg),
+        )
+        for slot, network in zip(slots, networks, strict=True):
+            slot.load(network)
+        trainees = [slot.model for slot in slots]
+        jit = jobs[0].cfg.trainer.jit_compile
+        steps = programs.PROGRAMS.program(slots, lambda: train.compiled_train_steps(trainees, jit))
+    learners = [
+        train.Learner(trainee, job.data, job.cfg.trainer, list(job.callbacks), job.cfg.seed)
+        for trainee, job in zip(trainees, jobs, strict=True)
+    ]
+    fitted = train.fit_together(learners, steps, pool)
+    interrupts.phase("evaluating")
+    outcomes: list[Trained | Exception] = []
+    for k, (job, trainee, network, fit) in enumerate(zip(jobs, trainees, networks, fitted, strict=True)):
+        if isinstance(fit, Exception):
+            outcomes.append(fit)
+            continue
+        tested = evaluation.evaluate(trainee, job.data, job.cfg.trainer, job.cfg.data)
+        if slots is not None:
+            slots[k].unload(network)  # the job's own model leaves with the trained state
+        outcomes.append(Trained(network, fit, tested, facts[k]))
+    return outcomes
+
+
+def _fresh_network(cfg: MnistexpConfig) -> keras.Model:
+    """A model of this config's shapes for a slot (its initial values are never used)."""
+    from mnistexp.pipeline import model, train
+
     network = model.build(cfg.model, cfg.preprocess, cfg.data)
     train.compile_model(network, cfg.optimizer, cfg.trainer)
-    fitted = train.fit(network, data, cfg.trainer, list(callbacks), cfg.seed)
-    interrupts.phase("evaluating")
-    tested = evaluation.evaluate(network, data, cfg.trainer, cfg.data)
-    return Trained(network, fitted, tested, facts)
+    return network

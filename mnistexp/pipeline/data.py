@@ -44,6 +44,7 @@ class Dataset:
     source: str
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    train_positions: np.ndarray | None = None  # x_train's rows in the training split it was drawn from
 
     @property
     def validation(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -64,12 +65,13 @@ class Dataset:
             y_train=self.y_train[:train],
             x_test=self.x_test[:test],
             y_test=self.y_test[:test],
+            train_positions=None if self.train_positions is None else self.train_positions[:train],
         )
 
     def without_training(self) -> Dataset:
         """The test split alone: empty training and validation splits."""
         empty_x, empty_y = self.x_train[:0], self.y_train[:0]
-        return replace(self, x_train=empty_x, y_train=empty_y, x_val=None, y_val=None)
+        return replace(self, x_train=empty_x, y_train=empty_y, x_val=None, y_val=None, train_positions=None)
 
     def split_validation(self, size: int | float, seed: int) -> Dataset:
         """Move `size` training examples (a count, or a fraction in (0, 1)) to the validation split.
@@ -95,6 +97,7 @@ class Dataset:
             y_train=self.y_train[keep],
             x_val=self.x_train[chosen],
             y_val=self.y_train[chosen],
+            train_positions=np.flatnonzero(keep) if self.train_positions is None else self.train_positions[keep],
         )
 
     @cached_property

@@ -51,12 +51,7 @@ def compiled_pass(
     loss, and the predicted class of every image, in order. No XLA: these one-step graphs compile
     for longer than they run (BENCHMARKS.md)."""
 
-    @tf.function(autograph=False)
-    def chunk_pass(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        scores = model(x, training=False)
-        loss = model.compute_loss(x=x, y=loss_targets(model, y), y_pred=scores, training=False)
-        return loss * tf.cast(tf.shape(y)[0], tf.float32), tf.argmax(scores, axis=1, output_type=tf.int32)
-
+    chunk_pass = _chunk_pass(model)
     chunks = [
         (tf.constant(images[start : start + batch]), tf.constant(labels[start : start + batch].astype(np.int32)))
         for start in range(0, len(labels), batch)
@@ -67,6 +62,23 @@ def compiled_pass(
         return sum(float(loss) for loss, _ in results), np.concatenate([predicted.numpy() for _, predicted in results])
 
     return run
+
+
+def _chunk_pass(model: keras.Model) -> Callable:
+    """The model's traced pass over one chunk, made once per model: a model this process keeps
+    for later jobs (pipeline.programs) traces it once per chunk shape, not once per job."""
+    cached = getattr(model, "_mnistexp_chunk_pass", None)
+    if cached is not None:
+        return cached
+
+    @tf.function(autograph=False)
+    def chunk_pass(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        scores = model(x, training=False)
+        loss = model.compute_loss(x=x, y=loss_targets(model, y), y_pred=scores, training=False)
+        return loss * tf.cast(tf.shape(y)[0], tf.float32), tf.argmax(scores, axis=1, output_type=tf.int32)
+
+    model._mnistexp_chunk_pass = chunk_pass
+    return chunk_pass
 
 
 def loss_targets(model: keras.Model, labels: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import keras
@@ -42,6 +42,17 @@ def compile_model(model: keras.Model, optimizer_cfg: OptimizerConfig, trainer_cf
     model.compile(optimizer=optimizer, loss=trainer_cfg.loss, metrics=["accuracy"], jit_compile=keras_xla)
 
 
+@dataclass
+class Learner:
+    """One job of what trains together: the model its steps update, its data, seed and callbacks."""
+
+    model: keras.Model
+    data: Dataset
+    trainer_cfg: TrainerConfig
+    callbacks: list[keras.callbacks.Callback]
+    seed: int
+
+
 def fit(
     model: keras.Model, data: Dataset, trainer_cfg: TrainerConfig, callbacks: list[keras.callbacks.Callback], seed: int
 ) -> FitResult:
@@ -52,25 +63,54 @@ def fit(
     validation split `val_loss` and `val_accuracy` after every epoch. Early stopping is Keras's.
     `fit_seconds` includes compiling the compiled engine's loops, also reported on its own.
     """
-    early_stopping = _early_stopping(trainer_cfg.early_stopping)
-    timer = _ValidationTimer()
-    callbacks = [keras.callbacks.TerminateOnNaN(), *([early_stopping] if early_stopping else []), *callbacks, timer]
+    [outcome] = fit_together([Learner(model, data, trainer_cfg, callbacks, seed)])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def fit_together(
+    learners: Sequence[Learner], train_steps: Callable | None = None, pool: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[FitResult | TrainingDivergedError]:
+    """Train jobs as one program (the compiled engine; one job alone may use keras_fit), each with
+    its own steps, early stopping and callbacks: a job that stops is frozen while the others go on,
+    one whose loss becomes NaN gets its TrainingDivergedError. `train_steps` is a program made by
+    `compiled_train_steps` on these models (made here if None); `pool` is the training split the
+    jobs' own were drawn from (their `train_positions`), needed for more than one job."""
+    stoppers = [_early_stopping(learner.trainer_cfg.early_stopping) for learner in learners]
+    timers = [_ValidationTimer() for _ in learners]
+    for learner, stopper, timer in zip(learners, stoppers, timers, strict=True):
+        stopping = [stopper] if stopper else []
+        learner.callbacks = [keras.callbacks.TerminateOnNaN(), *stopping, *learner.callbacks, timer]
     with interrupts.deferred():
         started = time.perf_counter()
-        history, compile_seconds = _train(model, data, trainer_cfg, [_StopAtBatchEnd(), *callbacks], seed)
-        seconds = time.perf_counter() - started
+        histories, compile_seconds, ended = _train(learners, train_steps, pool)
+    return [
+        _outcome(learner, history, stopper, timer, compile_seconds, finished - started)
+        for learner, history, stopper, timer, finished in zip(learners, histories, stoppers, timers, ended, strict=True)
+    ]
+
+
+def _outcome(
+    learner: Learner,
+    history: dict[str, list[float]],
+    stopper: keras.callbacks.EarlyStopping | None,
+    timer: _ValidationTimer,
+    compile_seconds: float,
+    seconds: float,
+) -> FitResult | TrainingDivergedError:
     losses = history.get("loss", [])
-    if model.stop_training and losses and not all(map(math.isfinite, losses)):
-        raise TrainingDivergedError(
+    if learner.model.stop_training and losses and not all(map(math.isfinite, losses)):
+        return TrainingDivergedError(
             f"training loss became NaN/inf in epoch {len(losses)}; try a lower optimizer.learning_rate"
         )
     stopped = len(losses) - 1
-    best_epoch = early_stopping.best_epoch if early_stopping is not None else None
-    restored = early_stopping is not None and early_stopping.restore_best_weights and early_stopping.best_weights
+    best_epoch = stopper.best_epoch if stopper is not None else None
+    restored = stopper is not None and stopper.restore_best_weights and stopper.best_weights
     return FitResult(
         history,
         seconds,
-        len(data.x_train) * len(losses) / seconds if seconds > 0 else 0.0,
+        len(learner.data.x_train) * len(losses) / seconds if seconds > 0 else 0.0,
         validation_seconds=timer.seconds,
         compile_seconds=compile_seconds,
         stopped_epoch=stopped,
@@ -80,15 +120,18 @@ def fit(
 
 
 def _train(
-    model: keras.Model, data: Dataset, trainer_cfg: TrainerConfig, callbacks: list[keras.callbacks.Callback], seed: int
-) -> tuple[dict[str, list[float]], float]:
-    """The engine's epochs; returns the history and the seconds spent compiling (the compiled engine's)."""
-    if trainer_cfg.engine == "compiled":
+    learners: Sequence[Learner], train_steps: Callable | None, pool: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[list[dict[str, list[float]]], float, list[float]]:
+    """The engine's epochs: each job's history, the seconds spent compiling (the compiled engine's),
+    and when each job's training ended."""
+    if learners[0].trainer_cfg.engine == "compiled":
         started = time.perf_counter()
-        engine = CompiledEngine(model, data, trainer_cfg, seed)
+        engine = CompiledEngine(learners, train_steps, pool)
         engine.compile()
         compile_seconds = time.perf_counter() - started
-        return engine.fit(callbacks), compile_seconds
+        return engine.fit(), compile_seconds, engine.ended
+    [learner] = learners  # keras_fit trains one model at a time
+    data, trainer_cfg, model = learner.data, learner.trainer_cfg, learner.model
     validation = data.validation
     history = model.fit(
         data.x_train,
@@ -99,9 +142,9 @@ def _train(
         validation_data=None if validation is None else (validation[0], loss_targets(model, validation[1])),
         validation_batch_size=trainer_cfg.eval_batch_size,
         verbose=trainer_cfg.verbose,
-        callbacks=callbacks,
+        callbacks=[_StopAtBatchEnd(), *learner.callbacks],
     ).history
-    return history, 0.0
+    return [history], 0.0, [time.perf_counter()]
 
 
 def _early_stopping(cfg: EarlyStoppingConfig) -> keras.callbacks.EarlyStopping | None:
@@ -117,7 +160,8 @@ def _early_stopping(cfg: EarlyStoppingConfig) -> keras.callbacks.EarlyStopping |
 
 
 class CompiledEngine:
-    """Epochs as compiled TensorFlow loops over the training set held in memory.
+    """Epochs as compiled TensorFlow loops over the training set held in memory, for one job or a
+    group trained as one program.
 
     `model.fit` pays Python and dispatch overhead on each of its 1,875 steps an epoch, which
     costs more than the arithmetic of these small models. Here a `tf.function` (XLA when
@@ -125,96 +169,171 @@ class CompiledEngine:
     SLICE_SECONDS: a signal is answered at the next slice's end and the progress bar moves
     within the epoch, while the steps are those one call over the whole epoch would make.
     Keras callbacks see every epoch begin and end, and every slice end as a batch end.
+
+    In a group, every job has its own ops in the loop (its own batch gather, model and optimizer),
+    so each computes what it would alone; a job that has stopped skips its ops (`active`).
     """
 
     SLICE_SECONDS = 0.2
 
-    def __init__(self, model: keras.Model, data: Dataset, trainer_cfg: TrainerConfig, seed: int) -> None:
-        self.model, self.cfg = model, trainer_cfg
-        self.images, self.labels = tf.constant(data.x_train), tf.constant(data.y_train.astype(np.int32))
-        self.train_steps = _compiled_train_steps(model, self.images, self.labels, trainer_cfg.jit_compile)
-        self.validation = None
-        if data.validation is not None:
-            x_val, y_val = data.validation
-            evaluate = compiled_pass(model, x_val, y_val, trainer_cfg.eval_batch_size)
-            self.validation = (evaluate, y_val)
-        self.orders = epoch_orders(int(self.images.shape[0]), seed, trainer_cfg.shuffle)
+    def __init__(
+        self, learners: Sequence[Learner], train_steps: Callable | None, pool: tuple[np.ndarray, np.ndarray] | None
+    ) -> None:
+        self.learners, self.cfg = list(learners), learners[0].trainer_cfg
+        if pool is None:
+            [learner] = learners  # a group needs the split the jobs' training sets were drawn from
+            pool = (learner.data.x_train, learner.data.y_train)
+        self.images, self.labels = tf.constant(pool[0]), tf.constant(pool[1].astype(np.int32))
+        self.rows = [learner.data.train_positions if len(learners) > 1 else None for learner in learners]
+        models = [learner.model for learner in learners]
+        self.train_steps = train_steps or compiled_train_steps(models, self.cfg.jit_compile)
+        self.validations = [_validation_pass(learner) for learner in learners]
+        self.orders = [epoch_orders(len(learner.data.y_train), learner.seed, self.cfg.shuffle) for learner in learners]
+        self.size = len(learners[0].data.y_train)
         self.steps_per_slice = 8  # grows to SLICE_SECONDS' worth once a slice has been timed
+        self.ended = [0.0] * len(learners)
+        steps = -(-self.size // self.cfg.batch_size)
+        self.progress = _GroupProgress(len(learners), self.cfg, steps) if len(learners) > 1 else None
+        self.callback_lists = [
+            keras.callbacks.CallbackList(
+                learner.callbacks,
+                add_history=True,
+                add_progbar=self.progress is None and self.cfg.verbose != 0,
+                model=learner.model,
+                verbose=self.cfg.verbose,
+                epochs=self.cfg.epochs,
+                steps=steps,
+            )
+            for learner in learners
+        ]
 
     def compile(self) -> None:
         """Trace and compile the loops for this data's shapes without running a step (an empty
-        step range), and the validation pass by running it once (it changes nothing)."""
-        full_steps, remainder = divmod(int(self.images.shape[0]), self.cfg.batch_size)
-        no_steps = tf.constant(0)
-        for shape in ([full_steps, self.cfg.batch_size], [1, remainder]):
-            if shape[0] and shape[1]:
-                self.train_steps(tf.zeros(shape, tf.int32), no_steps, no_steps)
-        if self.validation is not None:
-            self.validation[0]()
+        step range), and each validation pass by running it once (it changes nothing)."""
+        full_steps, remainder = divmod(self.size, self.cfg.batch_size)
+        no_steps, members = tf.constant(0), len(self.learners)
+        for shape in ([members, full_steps, self.cfg.batch_size], [members, 1, remainder]):
+            if shape[1] and shape[2]:
+                self._run(tf.zeros(shape, tf.int32), no_steps, no_steps, self._active())
+        for validation in self.validations:
+            if validation is not None:
+                validation[0]()
 
-    def fit(self, callbacks: list[keras.callbacks.Callback]) -> dict[str, list[float]]:
-        size, batch = int(self.images.shape[0]), self.cfg.batch_size
-        steps = -(-size // batch)
-        callback_list = keras.callbacks.CallbackList(
-            callbacks,
-            add_history=True,
-            add_progbar=self.cfg.verbose != 0,
-            model=self.model,
-            verbose=self.cfg.verbose,
-            epochs=self.cfg.epochs,
-            steps=steps,
-        )
-        self.model.stop_training = False
-        callback_list.on_train_begin()
-        logs: dict[str, float] = {}
+    def fit(self) -> list[dict[str, list[float]]]:
+        for learner, callbacks in zip(self.learners, self.callback_lists, strict=True):
+            learner.model.stop_training = False
+            callbacks.on_train_begin()
+        live = list(range(len(self.learners)))
         for epoch in range(self.cfg.epochs):
-            callback_list.on_epoch_begin(epoch)
-            order = next(self.orders)
-            loss_sum, correct = 0.0, 0
-            for done, slice_loss, slice_correct in self._epoch_in_slices(order, batch):
-                loss_sum, correct = loss_sum + slice_loss, correct + slice_correct
-                seen = min(done * batch, size)
-                logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
-                callback_list.on_train_batch_end(done - 1, logs)
-            if self.validation is not None:
-                evaluate, y_val = self.validation
-                callback_list.on_test_begin()
+            interrupts.phase("training")
+            for k in live:
+                self.callback_lists[k].on_epoch_begin(epoch)
+            logs = self._epoch(epoch, live)
+            for k in live:
+                self.callback_lists[k].on_epoch_end(epoch, logs[k])
+            for k in list(live):
+                if self.learners[k].model.stop_training or epoch == self.cfg.epochs - 1:
+                    live.remove(k)
+                    self.callback_lists[k].on_train_end(logs[k])
+                    self.ended[k] = time.perf_counter()
+            if not live:
+                break
+        return [learner.model.history.history for learner in self.learners]
+
+    def _epoch(self, epoch: int, live: list[int]) -> dict[int, dict[str, float]]:
+        """One epoch of every live job: its training figures, then its validation figures."""
+        batch = self.cfg.batch_size
+        orders = {k: next(self.orders[k]) for k in live}
+        sums = dict.fromkeys(live, (0.0, 0))
+        logs: dict[int, dict[str, float]] = {k: {} for k in live}
+        if self.progress:
+            self.progress.begin(epoch, len(live))
+        for done, slice_losses, slice_hits in self._epoch_in_slices(orders, live, batch):
+            interrupts.check()
+            seen = min(done * batch, self.size)
+            for k in live:
+                loss_sum, correct = sums[k][0] + float(slice_losses[k]), sums[k][1] + int(slice_hits[k])
+                sums[k] = (loss_sum, correct)
+                logs[k] = {"loss": loss_sum / seen, "accuracy": correct / seen}
+                self.callback_lists[k].on_train_batch_end(done - 1, logs[k])
+            if self.progress:
+                self.progress.update(done)
+        for k in live:
+            validation = self.validations[k]
+            if validation is not None:
+                evaluate, y_val = validation
+                self.callback_lists[k].on_test_begin()
                 val_loss_sum, predictions = evaluate()
-                callback_list.on_test_end()
-                logs = {
-                    **logs,
+                self.callback_lists[k].on_test_end()
+                logs[k] = {
+                    **logs[k],
                     "val_loss": val_loss_sum / len(y_val),
                     "val_accuracy": float(np.mean(predictions == y_val)),
                 }
-            callback_list.on_epoch_end(epoch, logs)
-            if self.model.stop_training:
-                break
-        callback_list.on_train_end(logs)
-        return self.model.history.history
+        return logs
 
-    def _epoch_in_slices(self, order: np.ndarray, batch: int) -> Iterator[tuple[int, float, int]]:
-        """Runs the epoch's steps a slice at a time; yields (steps done, slice loss sum, slice hits)."""
-        full_steps, remainder = divmod(len(order), batch)
-        blocks = [(order[: full_steps * batch].reshape(full_steps, batch), full_steps)]
+    def _epoch_in_slices(
+        self, orders: dict[int, np.ndarray], live: list[int], batch: int
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Runs the epoch's steps a slice at a time; yields (steps done, slice loss sums, slice hits),
+        one of each per job."""
+        indices = np.zeros((len(self.learners), self.size), np.int32)  # a stopped job's rows go unread
+        for k, order in orders.items():
+            rows = self.rows[k]
+            indices[k] = order if rows is None else rows[order]
+        full_steps, remainder = divmod(self.size, batch)
+        blocks = [(indices[:, : full_steps * batch].reshape(len(indices), full_steps, batch), full_steps)]
         if remainder:  # the last, smaller batch, as fit makes it
-            blocks.append((order[full_steps * batch :].reshape(1, remainder), 1))
-        done = 0
+            blocks.append((indices[:, full_steps * batch :].reshape(len(indices), 1, remainder), 1))
+        active, done = self._active(live), 0
         for block, block_steps in blocks:
             block = tf.constant(block)
             start = 0
             while start < block_steps:
                 stop = min(start + self.steps_per_slice, block_steps)
                 began = time.perf_counter()
-                loss_sum, correct = self.train_steps(block, tf.constant(start), tf.constant(stop))
-                loss_sum, correct = float(loss_sum), int(correct)
+                losses, hits = self._run(block, tf.constant(start), tf.constant(stop), active)
                 self._resize_slices(stop - start, time.perf_counter() - began)
                 done += stop - start
                 start = stop
-                yield done, loss_sum, correct
+                yield done, losses, hits
+
+    def _run(self, block: tf.Tensor, start: tf.Tensor, stop: tf.Tensor, active: tf.Tensor) -> tuple[np.ndarray, ...]:
+        losses, hits = self.train_steps(self.images, self.labels, block, start, stop, active)
+        return losses.numpy(), hits.numpy()
+
+    def _active(self, live: Sequence[int] | None = None) -> tf.Tensor:
+        chosen = set(range(len(self.learners)) if live is None else live)
+        return tf.constant([k in chosen for k in range(len(self.learners))])
 
     def _resize_slices(self, steps: int, seconds: float) -> None:
         if steps == self.steps_per_slice and seconds > 0:
             self.steps_per_slice = max(1, min(int(steps * self.SLICE_SECONDS / seconds), 4 * steps))
+
+
+def _validation_pass(learner: Learner) -> tuple[Callable[[], tuple[float, np.ndarray]], np.ndarray] | None:
+    if learner.data.validation is None:
+        return None
+    x_val, y_val = learner.data.validation
+    return compiled_pass(learner.model, x_val, y_val, learner.trainer_cfg.eval_batch_size), y_val
+
+
+class _GroupProgress:
+    """One progress bar for a group's epoch: steps done, and how many of its jobs still train."""
+
+    def __init__(self, members: int, trainer_cfg: TrainerConfig, steps: int) -> None:
+        self.members, self.cfg, self.steps = members, trainer_cfg, steps
+        self.bar: keras.utils.Progbar | None = None
+
+    def begin(self, epoch: int, training: int) -> None:
+        if self.cfg.verbose == 0:
+            return
+        print(f"Epoch {epoch + 1}/{self.cfg.epochs}: {training} of {self.members} jobs training", flush=True)
+        self.bar = keras.utils.Progbar(self.steps, verbose=self.cfg.verbose)
+
+    def update(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done)
 
 
 def epoch_orders(size: int, seed: int, shuffle: bool) -> Iterator[np.ndarray]:
@@ -225,26 +344,44 @@ def epoch_orders(size: int, seed: int, shuffle: bool) -> Iterator[np.ndarray]:
         yield (shuffler.permutation(size) if shuffle else np.arange(size)).astype(np.int32)
 
 
-def _compiled_train_steps(model: keras.Model, images: tf.Tensor, labels: tf.Tensor, jit_compile: bool):
-    """A function of a [steps, batch] block of example indices and a step range that runs those
-    optimizer steps and returns their sample-weighted loss sum and number of correct predictions."""
-    optimizer, variables = model.optimizer, model.trainable_variables
-    optimizer.build(variables)
+def compiled_train_steps(models: Sequence[keras.Model], jit_compile: bool) -> Callable:
+    """One program for these models: a function of the training images and labels, a [jobs, steps,
+    batch] block of example rows, a step range and which jobs are active, that runs those optimizer
+    steps of each active job and returns each job's sample-weighted loss sum and correct predictions.
+    Alone, a job's steps run unconditionally (it is active for as long as it trains)."""
+    for model in models:
+        model.optimizer.build(model.trainable_variables)
+
+    def job_steps(model: keras.Model, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            scores = model(x, training=True)
+            loss = model.compute_loss(x=x, y=loss_targets(model, y), y_pred=scores, training=True)
+        model.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return loss * tf.cast(tf.shape(y)[0], tf.float32), _hits(scores, y)
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True, autograph=False)
-    def train_steps(index_block: tf.Tensor, start: tf.Tensor, stop: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        def step(i, loss_sum, correct):
-            indices = index_block[i]
-            x, y = tf.gather(images, indices), tf.gather(labels, indices)
-            with tf.GradientTape() as tape:
-                scores = model(x, training=True)
-                loss = model.compute_loss(x=x, y=loss_targets(model, y), y_pred=scores, training=True)
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-            weight = tf.cast(tf.shape(indices)[0], tf.float32)
-            return i + 1, loss_sum + loss * weight, correct + _hits(scores, y)
+    def train_steps(images, labels, blocks, start, stop, active) -> tuple[tf.Tensor, tf.Tensor]:
+        def step(i, loss_sums, corrects):
+            new_sums, new_corrects = [], []
+            for k, model in enumerate(models):
+                indices = blocks[k, i]
+                x, y = tf.gather(images, indices), tf.gather(labels, indices)
+                if len(models) == 1:
+                    loss, hits = job_steps(model, x, y)
+                else:  # a stopped job is frozen: its ops do not run
+                    loss, hits = tf.cond(
+                        active[k],
+                        lambda model=model, x=x, y=y: job_steps(model, x, y),
+                        lambda: (tf.constant(0.0), tf.constant(0)),
+                    )
+                new_sums.append(loss_sums[k] + loss)
+                new_corrects.append(corrects[k] + hits)
+            return i + 1, new_sums, new_corrects
 
-        _, loss_sum, correct = tf.while_loop(lambda i, *_: i < stop, step, (start, tf.constant(0.0), tf.constant(0)))
-        return loss_sum, correct
+        zeros = ([tf.constant(0.0)] * len(models), [tf.constant(0)] * len(models))
+        _, loss_sums, corrects = tf.while_loop(lambda i, *_: i < stop, step, (start, *zeros))
+        return tf.stack(loss_sums), tf.stack(corrects)
 
     return train_steps
 
