@@ -7,9 +7,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from mnistexp import environment, imports, interrupts
 from mnistexp.config.schema import MnistexpConfig, selection_of
 from mnistexp.config.selection import Selection
+from mnistexp.errors import DataError
 from mnistexp.pipeline import data as data_lib
 from mnistexp.sweep.handoff import SweepContext
 from mnistexp.tracking import names
@@ -27,6 +30,16 @@ class JobResult:
     trained: object | None = None  # the pipeline's Trained (model, history, evaluation); None when skipped
 
 
+@dataclass(frozen=True)
+class JobSpec:
+    """A job as a launcher hands it over: its validated config, its command-line overrides, its sweep."""
+
+    cfg: MnistexpConfig
+    overrides: Sequence[str] = ()
+    sweep: SweepContext | None = None
+    extra_tags: Mapping[str, str] | None = None
+
+
 def train_and_record(
     cfg: MnistexpConfig,
     overrides: Sequence[str] = (),
@@ -39,37 +52,103 @@ def train_and_record(
     """Train, evaluate and record one job. `sweep` makes its run a child of the sweep's parent run;
     `verbose` (hydra.verbose) lets the libraries' own console lines through; `thread_share` is what
     trainer.threads=auto means outside a sweep (a reproduction takes the original's)."""
+    [outcome] = train_and_record_together(
+        [JobSpec(cfg, overrides, sweep, extra_tags)], verbose=verbose, thread_share=thread_share
+    )
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def train_and_record_together(
+    specs: Sequence[JobSpec], *, verbose: bool = False, thread_share: int | None = None
+) -> list[JobResult | Exception]:
+    """`train_and_record` for jobs trained as one program (pipeline.train_together): a run for each,
+    ended on its own. Each job's outcome is its JobResult or the error that ended it alone (its data
+    unreadable, its loss NaN, its run then FAILED); a signal ends every run KILLED and goes up."""
     environment.quiet_libraries(verbose)
-    data, identity = read_data(cfg, verbose)  # a missing or corrupt file fails before TensorFlow or a run
-    from mnistexp.tracking import lifecycle, records, store
+    outcomes: dict[int, JobResult | Exception] = {}
+    datasets: dict[int, tuple[data_lib.Dataset, dict[str, str]]] = {}
+    for k, spec in enumerate(specs):
+        try:  # a missing or corrupt file fails before TensorFlow or a run
+            datasets[k] = read_data(spec.cfg, verbose)
+        except DataError as error:
+            outcomes[k] = error
+    if not datasets:
+        return [outcomes[k] for k in range(len(specs))]
+    from mnistexp.tracking import store
 
     # An unreachable server fails a command at its start, in seconds; a sweep's parent did that check.
-    store.use_store(cfg.tracking) if sweep else store.check_store(cfg.tracking)
-    selection = selection_of(cfg)
-    if cfg.tracking.skip_finished:
-        earlier = _finished_run(cfg, identity[names.CONFIG_DIGEST_TAG], sweep, selection)
-        if earlier is not None:
-            return earlier
+    store.use_store(specs[0].cfg.tracking) if specs[0].sweep else store.check_store(specs[0].cfg.tracking)
+    for k in list(datasets):
+        spec = specs[k]
+        if spec.cfg.tracking.skip_finished:
+            earlier = _finished_run(
+                spec.cfg, datasets[k][1][names.CONFIG_DIGEST_TAG], spec.sweep, selection_of(spec.cfg)
+            )
+            if earlier is not None:
+                outcomes[k] = earlier
+                del datasets[k]
+    if datasets:
+        outcomes.update(_train_and_record(specs, datasets, verbose, thread_share))
+    return [outcomes[k] for k in range(len(specs))]
+
+
+def _train_and_record(
+    specs: Sequence[JobSpec],
+    datasets: Mapping[int, tuple[data_lib.Dataset, dict[str, str]]],
+    verbose: bool,
+    thread_share: int | None,
+) -> dict[int, JobResult | Exception]:
     interrupts.phase("importing TensorFlow")
     imports.tensorflow(verbose)
-    from mnistexp.pipeline import model, train_and_evaluate
+    from mnistexp.pipeline import Job, model, train_together
+    from mnistexp.tracking import lifecycle, records
 
-    tags = {**lifecycle.run_tags(selection), **identity, **(extra_tags or {})}
-    name = cfg.tracking.run_name or (sweep.run_name(list(overrides)) if sweep else model.name_of(cfg.model))
-    with lifecycle.mlflow_run(cfg.tracking, name, tags, sweep.parent_run_id if sweep else None) as run:
-        records.log_config(run, cfg, overrides)
-        records.log_data(run, data, cfg.data.name)
-        trained = train_and_evaluate(
-            cfg,
-            data,
-            callbacks=[records.epoch_metrics_callback(run)],
+    members = list(datasets)
+    outcomes: dict[int, JobResult | Exception] = {}
+    with lifecycle.mlflow_runs() as opened:
+        runs = {}
+        for k in members:
+            spec, (data, identity) = specs[k], datasets[k]
+            tags = {**lifecycle.run_tags(selection_of(spec.cfg)), **identity, **(spec.extra_tags or {})}
+            name = spec.cfg.tracking.run_name or (
+                spec.sweep.run_name(list(spec.overrides)) if spec.sweep else model.name_of(spec.cfg.model)
+            )
+            runs[k] = opened.open(spec.cfg.tracking, name, tags, spec.sweep.parent_run_id if spec.sweep else None)
+            records.log_config(runs[k], spec.cfg, spec.overrides)
+            records.log_data(runs[k], data, spec.cfg.data.name)
+        jobs = [Job(specs[k].cfg, datasets[k][0], [records.epoch_metrics_callback(runs[k])]) for k in members]
+        sweep = specs[members[0]].sweep
+        trained = train_together(
+            jobs,
+            pool=_pool(specs[members[0]].cfg) if len(jobs) > 1 else None,
             thread_share=sweep.threads if sweep else thread_share,
             onednn=environment.onednn_setting(),
         )
-        records.log_trained(run, cfg, data, trained)
-    metrics = trained.metrics()
+        for k, outcome in zip(members, trained, strict=True):
+            outcomes[k] = _recorded(opened, runs[k], specs[k], datasets[k][0], outcome)
+    return outcomes
+
+
+def _recorded(runs, run, spec: JobSpec, data: data_lib.Dataset, outcome) -> JobResult | Exception:
+    """A job's run, ended: FAILED with its error, or FINISHED with everything it computed."""
+    from mnistexp.tracking import records
+
+    if isinstance(outcome, Exception):
+        runs.fail(run, outcome)
+        return outcome
+    records.log_trained(run, spec.cfg, data, outcome)
+    runs.finish(run)
+    metrics = outcome.metrics()
     _announce(run, metrics)
-    return JobResult(run.run_id, metrics, selection.objective(metrics), run.uri, trained=trained)
+    return JobResult(run.run_id, metrics, selection_of(spec.cfg).objective(metrics), run.uri, trained=outcome)
+
+
+def _pool(cfg: MnistexpConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The training split a group's jobs drew theirs from (read_data's, before its validation split)."""
+    loaded = data_lib.load(cfg.data).limit(cfg.trainer.limit_train_samples, cfg.trainer.limit_test_samples)
+    return loaded.x_train, loaded.y_train
 
 
 def read_data(cfg: MnistexpConfig, verbose: bool) -> tuple[data_lib.Dataset, dict[str, str]]:

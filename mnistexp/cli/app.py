@@ -43,12 +43,20 @@ def _job(cfg: DictConfig) -> float:
 
         return train_and_record(config, overrides, sweep, verbose=bool(hydra_cfg.verbose)).objective
     except Exception as error:
-        if show_tracebacks() or not (in_sweep or isinstance(error, UserError)):
-            raise  # a bug outside a sweep: the traceback is what helps
-        if not in_sweep:
-            report(str(error))
-            sys.exit(2)
-        return _failed_job(cfg, overrides, sweep, error)
+        return job_failed(cfg, overrides, sweep, in_sweep, error)
+
+
+def job_failed(
+    cfg: DictConfig, overrides: list[str], sweep: SweepContext | None, in_sweep: bool, error: Exception
+) -> float:
+    """What a job's error becomes (the fused launcher's members too): a bug outside a sweep goes up
+    with its traceback; a bad input outside a sweep is one line and exit 2; in a sweep, NaN."""
+    if show_tracebacks() or not (in_sweep or isinstance(error, UserError)):
+        raise error  # a bug outside a sweep: the traceback is what helps
+    if not in_sweep:
+        report(str(error))
+        sys.exit(2)
+    return _failed_job(cfg, overrides, sweep, error)
 
 
 def _failed_job(cfg: DictConfig, overrides: list[str], sweep: SweepContext | None, error: Exception) -> float:

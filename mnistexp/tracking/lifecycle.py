@@ -50,6 +50,57 @@ def open_run(
         raise TrackingError(f"cannot start a run in {mask(sink.uri)}: {store.one_line(error)}") from error
 
 
+class Runs:
+    """Runs opened together (a fused group's jobs), each ended once and on its own."""
+
+    def __init__(self) -> None:
+        self.pending: list[Recording] = []  # opened, not yet ended
+
+    def open(
+        self,
+        tracking_cfg: TrackingConfig,
+        run_name: str | None,
+        tags: Mapping[str, str],
+        parent_run_id: str | None = None,
+        experiment: str | None = None,
+    ) -> Recording:
+        with interrupts.held():
+            interrupts.phase("opening the run")
+            run = open_run(tracking_cfg, run_name, tags, parent_run_id, experiment)
+            self.pending.append(run)
+        return run
+
+    def finish(self, run: Recording) -> None:
+        with interrupts.held():
+            self.pending.remove(run)
+            run.end("FINISHED")
+
+    def fail(self, run: Recording, error: BaseException) -> None:
+        """FAILED with this error (tagged, its traceback logged), or KILLED for a signal."""
+        with interrupts.held():
+            self.pending.remove(run)
+            _end_run_after(error, run)
+
+
+@contextlib.contextmanager
+def mlflow_runs() -> Iterator[Runs]:
+    """Runs that always end: each as the block ends it (`finish`, `fail`); any still open when the
+    block ends FINISHED, or, if it ends by an exception, FAILED with it (KILLED for a signal).
+    A signal in the block waits for a safe point (a batch end, the block's end)."""
+    runs = Runs()
+    try:
+        with interrupts.deferred():
+            yield runs
+    except BaseException as error:
+        with interrupts.held():
+            for run in list(runs.pending):
+                runs.fail(run, error)
+        raise
+    else:
+        for run in list(runs.pending):
+            runs.finish(run)
+
+
 @contextlib.contextmanager
 def mlflow_run(
     tracking_cfg: TrackingConfig,
@@ -62,21 +113,8 @@ def mlflow_run(
 
     A signal never cuts the opening or the ending of the run; in its body it waits for a safe
     point (a batch end, the body's end), and the run then ends KILLED."""
-    run = None
-    try:
-        with interrupts.held():
-            interrupts.phase("opening the run")
-            run = open_run(tracking_cfg, run_name, tags, parent_run_id, experiment)
-        with interrupts.deferred():
-            yield run
-    except BaseException as error:
-        if run is not None:
-            with interrupts.held():
-                _end_run_after(error, run)
-        raise
-    else:
-        with interrupts.held():
-            run.end("FINISHED")
+    with mlflow_runs() as runs:
+        yield runs.open(tracking_cfg, run_name, tags, parent_run_id, experiment)
 
 
 def children_of(client: Any, parent: Any) -> list:
