@@ -45,7 +45,10 @@ def sweep_plan(config: DictConfig) -> tuple[list[str], int | None]:
 
 
 # Launchers that run a sweep's jobs one after another in this process: each job may use every core.
-ONE_AT_A_TIME = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",)
+ONE_AT_A_TIME = (
+    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+    "mnistexp.sweep.fused.FusedLauncher",  # one program at a time, however many jobs it trains
+)
 
 
 def threads_per_job(launcher: DictConfig, jobs: int | None) -> int:

@@ -9,6 +9,7 @@ SELECTION_MODE_TAG = "mnistexp.selection_mode"
 GIT_DIRTY_TAG = "mnistexp.git_dirty"
 ERROR_TAG = "mnistexp.error"  # a FAILED or KILLED run's reason, one line (lifecycle.error_line)
 OVERRIDES_TAG = "mnistexp.overrides"  # a job refused before its run opened: what it was asked to run
+FUSED_GROUP_TAG = "mnistexp.fused_group"  # hydra/launcher=fused: the jobs (hydra.job.num) trained as one program
 REPRODUCES_TAG = "mnistexp.reproduces"  # a `mnistexp-runs reproduce` run: the run it reran
 RUN_KEY_TAG = "mnistexp.run_key"  # a run's own key: a retried start and `mnistexp-runs sync` find it by this
 MODEL_KEY_TAG = "mnistexp.model_key"  # likewise for a LoggedModel
