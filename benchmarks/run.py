@@ -4,6 +4,9 @@ Run from the repository root, in a venv with the `bench` extra:
     python benchmarks/run.py              models A and B, every trainer, medians of 3 alternating rounds
     python benchmarks/run.py --whole-run  also whole commands: a run against the notebook script, a
                                           sweep against separate runs, --help, bad input, memory
+    python benchmarks/run.py --sweeps     also the sweep launchers: a 15-job grid and a 4-size sweep
+                                          on the basic and fused launchers against separate runs,
+                                          compile seconds per job, peak memory
     python benchmarks/run.py --quick      a slice, one round, no torch.compile (what CI runs)
 Every measurement runs in a fresh process, and the trainers take turns round after round, so a
 slow moment of the machine falls on all of them. The report goes to BENCHMARKS.md (a hand-written
@@ -43,6 +46,11 @@ TARGET_WHOLE_RUN = 0.45
 TARGET_SWEEP = 0.45
 TARGET_HELP = 1.0
 TARGET_VALIDATION = 0.10
+TARGET_FUSED_GRID = 0.5  # the 15-job grid fused, against the basic launcher
+TARGET_FUSED_SWEEP = 0.40  # the 4-size sweep fused, against four separate runs
+TARGET_SEEN_COMPILE = 0.1  # seconds: a job whose shapes were compiled before
+GRID = ["model.hidden_units=64,100,256", "seed=0,1,2,3,4", "data.validation_size=10000"]
+SIZES = ["0", "32", "64", "100"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per measurement (median)")
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"), help="the Markdown report")
     parser.add_argument("--whole-run", action="store_true", help="also time whole commands (several minutes)")
+    parser.add_argument("--sweeps", action="store_true", help="also time the sweep launchers (about 10 minutes)")
     parser.add_argument(
         "--trainers",
         type=lambda text: [name for name in text.split(",") if name],
@@ -78,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     training = _training_rows(settings, args.trainers)
     gemm = _in_fresh_process(["--gemm-worker"], settings)
     whole = _whole_run(settings) if args.whole_run else None
-    report = _report(training, gemm, whole, settings, " ".join(["python benchmarks/run.py", *(argv or sys.argv[1:])]))
+    sweeps = _sweep_run(settings) if args.sweeps else None
+    report = _report(
+        training, gemm, whole, sweeps, settings, " ".join(["python benchmarks/run.py", *(argv or sys.argv[1:])])
+    )
     print(report)
     args.output.write_text(report + _kept_notes(args.output))
     print(f"written: {args.output}")
-    _log_to_mlflow(training, whole, report, settings)
-    failed = [row for row in training if "error" in row] + ([] if whole is None else whole.get("errors", []))
+    _log_to_mlflow(training, {**(whole or {}), **(sweeps or {})}, report, settings)
+    failed = [row for row in training if "error" in row]
+    failed += [error for part in (whole, sweeps) if part for error in part.get("errors", [])]
     for row in failed:
         print(f"benchmark: failed: {row}", file=sys.stderr)
     return 1 if failed else 0
@@ -394,6 +407,133 @@ def _whole_run(settings: dict) -> dict:
     return results
 
 
+def _sweep_run(settings: dict) -> dict:
+    """The sweep launchers, full MNIST and the default 5 epochs: the 15-job grid and the 4-size sweep on
+    the basic and the fused launcher, taking turns round after round, against the same jobs as separate
+    runs (once: the slowest part). Each command gets a store of its own, read back for compile seconds."""
+    mnistexp = str(Path(sys.executable).parent / "mnistexp")
+    results: dict = {"errors": [], "compile": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+        env["MNISTEXP_DATA"] = str(Path(settings["data_path"] or env["MNISTEXP_DATA"]).resolve())
+        commands = {
+            "grid_basic": ["-m", *GRID],
+            "grid_fused": ["-m", *GRID, "hydra/launcher=fused"],
+            "sizes_basic": ["-m", f"model.hidden_units={','.join(SIZES)}"],
+            "sizes_fused": ["-m", f"model.hidden_units={','.join(SIZES)}", "hydra/launcher=fused"],
+        }
+        print("timing sweeps ...", flush=True)
+        try:
+            for round_ in range(settings["rounds"]):
+                for name, arguments in commands.items():
+                    store = f"sqlite:///{workdir / f'{name}_{round_}.db'}"
+                    timed = _timed([mnistexp, *arguments, f"tracking.uri={store}"], workdir, env)
+                    results.setdefault(name, []).append(timed)
+                    if round_ == 0:
+                        results["compile"][name] = _compile_seconds(store)
+            grid = [f"model.hidden_units={h}" for h in (64, 100, 256)]
+            results["grid_separate"] = [
+                _sum_of(
+                    [
+                        _timed([mnistexp, hidden, f"seed={seed}", GRID[2]], workdir, env)
+                        for hidden in grid
+                        for seed in range(5)
+                    ]
+                )
+            ]
+            results["sizes_separate"] = [
+                _sum_of([_timed([mnistexp, f"model.hidden_units={size}"], workdir, env) for size in SIZES])
+            ]
+        except (RuntimeError, subprocess.CalledProcessError) as error:
+            results["errors"].append(str(error))
+    return results
+
+
+def _sum_of(timed: list[tuple[float, int]]) -> tuple[float, int]:
+    return sum(seconds for seconds, _ in timed), max(peak for _, peak in timed)
+
+
+def _compile_seconds(store: str) -> list[float]:
+    """`compile_seconds` of a sweep's children in launch order (a fused group's members share theirs)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs(
+        [experiment.experiment_id for experiment in client.search_experiments()],
+        filter_string="tags.mlflow.parentRunId != ''",
+        order_by=["attributes.start_time ASC"],
+    )
+    return [run.data.metrics["compile_seconds"] for run in runs if "compile_seconds" in run.data.metrics]
+
+
+def _sweep_table(sweeps: dict) -> str:
+    if "sizes_separate" not in sweeps:
+        return "The sweep measurements failed: " + "; ".join(sweeps["errors"])
+    grid_basic, grid_fused = _median(sweeps["grid_basic"]), _median(sweeps["grid_fused"])
+    grid_separate = sweeps["grid_separate"][0][0]
+    sizes_basic, sizes_fused = _median(sweeps["sizes_basic"]), _median(sweeps["sizes_fused"])
+    sizes_separate = sweeps["sizes_separate"][0][0]
+
+    def against(value: float, base: float, target: float, what: str) -> str:
+        ratio = value / base
+        return f"**{ratio:.2f}x** {what} (target <= {target}x){'' if ratio <= target else ', MISSED'}"
+
+    rows = [
+        ("15-job grid, basic launcher", grid_basic, f"{grid_basic / grid_separate:.2f}x 15 separate runs"),
+        (
+            "15-job grid, `hydra/launcher=fused`",
+            grid_fused,
+            against(grid_fused, grid_basic, TARGET_FUSED_GRID, "the basic launcher"),
+        ),
+        ("15-job grid, 15 separate runs (one round)", grid_separate, ""),
+        ("4-size sweep, basic launcher", sizes_basic, f"{sizes_basic / sizes_separate:.2f}x four separate runs"),
+        (
+            "4-size sweep, `hydra/launcher=fused`",
+            sizes_fused,
+            against(sizes_fused, sizes_separate, TARGET_FUSED_SWEEP, "four separate runs"),
+        ),
+        ("4-size sweep, four separate runs (one round)", sizes_separate, ""),
+    ]
+    lines = ["| command | wall s (median) | peak resident GB | against |", "|---|---:|---:|---|"]
+    peaks = {
+        "15-job grid, basic launcher": sweeps["grid_basic"],
+        "15-job grid, `hydra/launcher=fused`": sweeps["grid_fused"],
+        "15-job grid, 15 separate runs (one round)": sweeps["grid_separate"],
+        "4-size sweep, basic launcher": sweeps["sizes_basic"],
+        "4-size sweep, `hydra/launcher=fused`": sweeps["sizes_fused"],
+        "4-size sweep, four separate runs (one round)": sweeps["sizes_separate"],
+    }
+    for name, value, note in rows:
+        peak = max(item[1] for item in peaks[name]) / 1024**2
+        lines.append(f"| {name} | {value:.2f} | {peak:.2f} | {note} |")
+    rounds = "; ".join(
+        f"{name}: {', '.join(f'{seconds:.1f}' for seconds, _ in sweeps[name])}"
+        for name in ("grid_basic", "grid_fused", "sizes_basic", "sizes_fused")
+    )
+    lines += ["", f"Rounds (seconds): {rounds}.", "", _compile_lines(sweeps["compile"])]
+    return "\n".join(lines)
+
+
+def _compile_lines(compiled: dict[str, list[float]]) -> str:
+    """Compile seconds per job: in the basic launcher, the first job of each of the grid's three shapes
+    compiles, and a later job of a shape seen before should compile (almost) nothing."""
+    basic = compiled.get("grid_basic", [])
+    if len(basic) != 15:
+        return f"Compile seconds: {len(basic)} of 15 basic-launcher children logged them."
+    first = [basic[index] for index in (0, 5, 10)]  # hidden 64, 100, 256: seed varies fastest
+    later = [seconds for index, seconds in enumerate(basic) if index % 5]
+    fused = sorted(set(compiled.get("grid_fused", [])))
+    verdict = "met" if max(later) < TARGET_SEEN_COMPILE else "MISSED"
+    return (
+        f"Compile seconds per job, basic launcher, 15-job grid: first job of each shape "
+        f"{', '.join(f'{value:.2f}' for value in first)}; the 12 later jobs (shapes seen) "
+        f"{min(later):.3f}-{max(later):.3f}, **max {max(later):.3f} s** (target < {TARGET_SEEN_COMPILE} s, {verdict}); "
+        f"{sum(basic):.1f} s in all. Fused: each group compiles once for its members "
+        f"({', '.join(f'{value:.2f}' for value in fused)} s per group)."
+    )
+
+
 def _median(measurements: list) -> float:
     return statistics.median(item[0] if isinstance(item, tuple) else item for item in measurements)
 
@@ -562,7 +702,9 @@ def _gpu_line(rows: list[dict]) -> str:
     return f"TensorFlow found {gpus} GPU(s) (devices: {devices}); the rows above ran on them."
 
 
-def _report(training: list[dict], gemm: dict, whole: dict | None, settings: dict, command: str) -> str:
+def _report(
+    training: list[dict], gemm: dict, whole: dict | None, sweeps: dict | None, settings: dict, command: str
+) -> str:
     scope = (
         "a slice (6,000 train / 1,000 test images, 1 epoch, 1 round)"
         if settings["quick"]
@@ -596,6 +738,8 @@ def _report(training: list[dict], gemm: dict, whole: dict | None, settings: dict
     ]
     if whole:
         parts += ["", "## Whole commands", "", _whole_table(whole)]
+    if sweeps:
+        parts += ["", "## Sweeps", "", _sweep_table(sweeps)]
     return "\n".join(parts) + "\n"
 
 
@@ -626,7 +770,7 @@ def _log_to_mlflow(rows: list[dict], whole: dict | None, report: str, settings: 
                     }
                 )
         for name, measured in (whole or {}).items():
-            if name != "errors" and measured:
+            if name not in ("errors", "compile") and measured:
                 mlflow.log_metric(f"whole.{name}.seconds", _median(measured))
         mlflow.log_text(report, "BENCHMARKS.md")
 
