@@ -6,6 +6,7 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,7 @@ class JobSpec:
     overrides: Sequence[str] = ()
     sweep: SweepContext | None = None
     extra_tags: Mapping[str, str] | None = None
+    trial: Any = None  # an Optuna study's job: its sweep.pruning.TrialLink (reports each epoch, may prune)
 
 
 def train_and_record(
@@ -48,12 +50,13 @@ def train_and_record(
     verbose: bool = False,
     extra_tags: Mapping[str, str] | None = None,
     thread_share: int | None = None,
+    trial: Any = None,
 ) -> JobResult:
     """Train, evaluate and record one job. `sweep` makes its run a child of the sweep's parent run;
     `verbose` (hydra.verbose) lets the libraries' own console lines through; `thread_share` is what
     trainer.threads=auto means outside a sweep (a reproduction takes the original's)."""
     [outcome] = train_and_record_together(
-        [JobSpec(cfg, overrides, sweep, extra_tags)], verbose=verbose, thread_share=thread_share
+        [JobSpec(cfg, overrides, sweep, extra_tags, trial)], verbose=verbose, thread_share=thread_share
     )
     if isinstance(outcome, Exception):
         raise outcome
@@ -112,13 +115,18 @@ def _train_and_record(
         for k in members:
             spec, (data, identity) = specs[k], datasets[k]
             tags = {**lifecycle.run_tags(selection_of(spec.cfg)), **identity, **(spec.extra_tags or {})}
+            if spec.sweep and spec.sweep.command:
+                tags[names.SWEEP_COMMAND_TAG] = spec.sweep.command
             name = spec.cfg.tracking.run_name or (
                 spec.sweep.run_name(list(spec.overrides)) if spec.sweep else model.name_of(spec.cfg.model)
             )
             runs[k] = opened.open(spec.cfg.tracking, name, tags, spec.sweep.parent_run_id if spec.sweep else None)
             records.log_config(runs[k], spec.cfg, spec.overrides)
             records.log_data(runs[k], data, spec.cfg.data.name)
-        jobs = [Job(specs[k].cfg, datasets[k][0], [records.epoch_metrics_callback(runs[k])]) for k in members]
+        jobs = [
+            Job(specs[k].cfg, datasets[k][0], [records.epoch_metrics_callback(runs[k]), *_trial_callbacks(specs[k])])
+            for k in members
+        ]
         sweep = specs[members[0]].sweep
         trained = train_together(
             jobs,
@@ -139,10 +147,16 @@ def _recorded(runs, run, spec: JobSpec, data: data_lib.Dataset, outcome) -> JobR
         runs.fail(run, outcome)
         return outcome
     records.log_trained(run, spec.cfg, data, outcome)
+    if spec.trial is not None and spec.trial.tags():
+        run.tags(spec.trial.tags())  # pruned: FINISHED with the epochs it trained, never ranked
     runs.finish(run)
     metrics = outcome.metrics()
     _announce(run, metrics)
     return JobResult(run.run_id, metrics, selection_of(spec.cfg).objective(metrics), run.uri, trained=outcome)
+
+
+def _trial_callbacks(spec: JobSpec) -> list[Any]:
+    return [] if spec.trial is None else [spec.trial.callback()]
 
 
 def _pool(cfg: MnistexpConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -39,9 +39,13 @@ def _job(cfg: DictConfig) -> float:
     sweep = SweepContext.from_env(os.environ)  # set by the sweep's callback through hydra.job.env_set
     try:
         config = validate(cfg)
+        from mnistexp.config.schema import selection_of
         from mnistexp.job import train_and_record  # TensorFlow and MLflow load only for a job that will run
+        from mnistexp.sweep.pruning import trial_link
 
-        return train_and_record(config, overrides, sweep, verbose=bool(hydra_cfg.verbose)).objective
+        trial = trial_link(hydra_cfg, selection_of(config).metric, config.trainer.epochs)
+        result = train_and_record(config, overrides, sweep, verbose=bool(hydra_cfg.verbose), trial=trial)
+        return result.objective if trial is None else trial.returned(result.objective)  # type: ignore[return-value]
     except Exception as error:
         return job_failed(cfg, overrides, sweep, in_sweep, error)
 

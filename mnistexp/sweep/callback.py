@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +80,12 @@ class _Sweep:
     tracking_cfg: TrackingConfig
     selection: Selection
     study: tuple[str, str] | None  # (storage, name) of an Optuna study
+    command: str = ""  # this command's id: the children it ran carry it
+
+
+def _begun(study: Any) -> bool:
+    """Whether a trial of the study ever started (enqueued trials wait from its creation on)."""
+    return any(trial.state.name != "WAITING" for trial in study.get_trials(deepcopy=False))
 
 
 def end_open_sweeps() -> None:
@@ -118,9 +126,9 @@ class MlflowSweep(Callback):
             study = None
             try:
                 if search.is_search(config):
-                    study = search.study_of(config)
+                    study, created = search.study_of(config)
                     size = search.trials_to_run(study, config.hydra.sweeper.n_trials)
-                    parent = self._study_parent(tracking_cfg, config.hydra.sweeper.storage, study, tags)
+                    parent = self._study_parent(tracking_cfg, config.hydra.sweeper.storage, study, created, tags)
                 else:
                     name = f"sweep {' '.join(keys)}".strip()
                     parent = lifecycle.start_parent_run(
@@ -130,19 +138,28 @@ class MlflowSweep(Callback):
                 report(str(error))
                 raise SystemExit(2) from error
             storage_and_name = (config.hydra.sweeper.storage, config.hydra.sweeper.study_name) if study else None
-            self.sweep = _Sweep(parent, tracking_cfg, selection, storage_and_name)
+            command = uuid.uuid4().hex
+            self.sweep = _Sweep(parent, tracking_cfg, selection, storage_and_name, command)
             _open_sweeps.append(self)
-            context = SweepContext(parent, tuple(keys), size, threads_per_job(config.hydra.launcher, size))
+            context = SweepContext(parent, tuple(keys), size, threads_per_job(config.hydra.launcher, size), command)
             context.hand_off(config, store.absolute_uri())
             log.info("sweep over %s: %s jobs, parent run %s", ", ".join(keys) or "nothing", size or "?", parent)
 
     @staticmethod
-    def _study_parent(tracking_cfg: TrackingConfig, storage: str, study: Any, tags: dict[str, str]) -> str:
-        """One parent run per study: a later command on the same study reopens it."""
+    def _study_parent(
+        tracking_cfg: TrackingConfig, storage: str, study: Any, created: bool, tags: dict[str, str]
+    ) -> str:
+        """One parent run per study, made by the process that created the study and published as the
+        study's user attribute; every other process (a later command, a peer started at the same
+        time) finds it there and reopens it."""
         from mnistexp.sweep import search
         from mnistexp.tracking import lifecycle
 
         earlier = study.user_attrs.get(search.PARENT_ATTR)
+        deadline = time.monotonic() + search.PARENT_WAIT_SECONDS
+        while not (created or earlier or _begun(study)) and time.monotonic() < deadline:
+            time.sleep(0.5)  # a peer created the study a moment ago: its parent run is on its way
+            earlier = study.user_attrs.get(search.PARENT_ATTR)
         if earlier and lifecycle.reopen_parent_run(tracking_cfg, earlier):
             log.info("study %s continues under its parent run %s", study.study_name, earlier)
             return str(earlier)
@@ -155,7 +172,9 @@ class MlflowSweep(Callback):
         return parent
 
     @staticmethod
-    def _log_study(sweep: _Sweep, study: tuple[str, str]) -> str:
+    def _log_study(sweep: _Sweep, study: tuple[str, str]) -> tuple[str, int]:
+        """The study on its parent; returns the report line and how many trials other processes are
+        still running (then the summary is partial, and the last process to end replaces it)."""
         from mlflow import MlflowClient
 
         from mnistexp.sweep import search
@@ -164,9 +183,9 @@ class MlflowSweep(Callback):
 
         store.use_store(sweep.tracking_cfg)
         storage, name = study
-        opened = search.open_study(storage, name, [f"{sweep.selection.mode}imize"])
+        opened, _ = search.open_study(storage, name, [f"{sweep.selection.mode}imize"])
         client = RidingClient(MlflowClient(), store.rider_for(sweep.tracking_cfg))
-        return search.log_study(client, sweep.parent_run_id, opened)
+        return search.log_study(client, sweep.parent_run_id, opened), search.running_elsewhere(opened)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         interrupts.check()  # no job starts after a signal
@@ -195,9 +214,14 @@ class MlflowSweep(Callback):
 
             interrupted = isinstance(in_flight, KeyboardInterrupt)
             try:
+                own, elsewhere = None, 0
                 if sweep.study is not None:
-                    log.info(self._log_study(sweep, sweep.study))
-                outcome = finish_parent_run(sweep.tracking_cfg, sweep.parent_run_id, sweep.selection, interrupted)
+                    line, elsewhere = self._log_study(sweep, sweep.study)
+                    log.info(line)
+                    own = sweep.command  # a study's parent also holds other commands' children
+                outcome = finish_parent_run(
+                    sweep.tracking_cfg, sweep.parent_run_id, sweep.selection, interrupted, own, elsewhere
+                )
             except TrackingOutageError:
                 outcome = SweepOutcome(
                     owe_summary(sweep.tracking_cfg, sweep.parent_run_id, sweep.selection, interrupted), []

@@ -58,6 +58,7 @@ class _Member:
     config: DictConfig  # composed for this job, hydra node included
     cfg: MnistexpConfig | None  # validated; None when it does not validate (it fails alone, as usual)
     returned: JobReturn | None = field(default=None)
+    trial: Any = None  # in an Optuna study: its sweep.pruning.TrialLink, which knows whether it was pruned
 
     @property
     def overrides(self) -> list[str]:
@@ -185,12 +186,26 @@ def _train_group(group: Sequence[_Member]) -> list[Any]:
 
     read_environment(os.environ)
     sweep = SweepContext.from_env(os.environ)
+    for member in group:
+        member.trial = _trial_of(member)
     label = "jobs " + ",".join(str(member.config.hydra.job.num) for member in group)  # unique in its sweep
-    specs = [JobSpec(member.cfg, member.overrides, sweep, {FUSED_GROUP_TAG: label}) for member in group]  # type: ignore[arg-type]
+    specs = [
+        JobSpec(member.cfg, member.overrides, sweep, {FUSED_GROUP_TAG: label}, member.trial)  # type: ignore[arg-type]
+        for member in group
+    ]
     try:
         return train_and_record_together(specs, verbose=bool(HydraConfig.get().verbose))
     except Exception as error:  # what every member shares failed (the tracking store): each fails with it
         return [error] * len(group)
+
+
+def _trial_of(member: _Member) -> Any:
+    """The member's Optuna trial, from its own Hydra config (each member its own, in one process)."""
+    from mnistexp.config.schema import selection_of
+    from mnistexp.sweep.pruning import trial_link
+
+    assert member.cfg is not None
+    return trial_link(member.config.hydra, selection_of(member.cfg).metric, member.cfg.trainer.epochs)
 
 
 def _member_result(member: _Member, outcome: Any) -> float:
@@ -202,7 +217,8 @@ def _member_result(member: _Member, outcome: Any) -> float:
     if isinstance(outcome, Exception):
         task_cfg = _task_part(member.config)
         return job_failed(task_cfg, member.overrides, SweepContext.from_env(os.environ), True, outcome)
-    return float(outcome.objective)
+    trial = member.trial
+    return float(outcome.objective) if trial is None else trial.returned(outcome.objective)
 
 
 def _task_part(config: DictConfig) -> DictConfig:

@@ -13,6 +13,8 @@ PARENT_RUN_ENV = "MNISTEXP_PARENT_RUN_ID"
 SWEPT_KEYS_ENV = "MNISTEXP_SWEPT_KEYS"
 SWEEP_SIZE_ENV = "MNISTEXP_SWEEP_SIZE"
 THREADS_ENV = "MNISTEXP_JOB_THREADS"
+COMMAND_ENV = "MNISTEXP_SWEEP_COMMAND"  # this command's id: its children are its own among a study's
+TRIAL_ENV = "MNISTEXP_TRIAL_ID"  # an Optuna study's job: the storage id of its trial (set per job by the sweeper)
 DATA_ENV = "MNISTEXP_DATA"  # conf/data/mnist.yaml: data.path when set
 
 
@@ -24,6 +26,7 @@ class SweepContext:
     swept_keys: tuple[str, ...]
     size: int | None
     threads: int | None = None  # what trainer.threads=auto means for each job of this sweep
+    command: str = ""  # this command's id, tagged on every child it runs
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SweepContext | None:
@@ -33,7 +36,9 @@ class SweepContext:
             return None
         keys = tuple(key for key in environ.get(SWEPT_KEYS_ENV, "").split(",") if key)
         size, threads = environ.get(SWEEP_SIZE_ENV), environ.get(THREADS_ENV)
-        return cls(parent, keys, int(size) if size else None, int(threads) if threads else None)
+        return cls(
+            parent, keys, int(size) if size else None, int(threads) if threads else None, environ.get(COMMAND_ENV, "")
+        )
 
     def sweeps_data(self) -> bool:
         """Whether the jobs differ in their data (a `data` option or a data.* key is swept)."""
@@ -58,6 +63,7 @@ class SweepContext:
             SWEPT_KEYS_ENV: ",".join(self.swept_keys),
             SWEEP_SIZE_ENV: str(self.size or ""),
             THREADS_ENV: str(self.threads or ""),
+            COMMAND_ENV: self.command,
         }
         if mask(store_uri) == store_uri:  # Hydra writes env_set into hydra.yaml: a password never goes there
             variables["MLFLOW_TRACKING_URI"] = store_uri

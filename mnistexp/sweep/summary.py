@@ -20,7 +20,12 @@ class SweepOutcome:
 
 
 def finish_parent_run(
-    tracking_cfg: TrackingConfig, parent_run_id: str, selection: Selection, interrupted: bool
+    tracking_cfg: TrackingConfig,
+    parent_run_id: str,
+    selection: Selection,
+    interrupted: bool,
+    own: str | None = None,
+    elsewhere: int = 0,
 ) -> SweepOutcome:
     """Summarise the children on the parent (tables, the best run or configuration by the selection
     rule, plots) and end it.
@@ -29,6 +34,12 @@ def finish_parent_run(
     child was killed, FAILED if a child failed or none finished, else FINISHED. The launcher has
     returned, so a child still RUNNING belongs to a job that is gone: it ends KILLED (interrupted)
     or FAILED, never left RUNNING.
+
+    A study's parent holds the children of every command that ran it: `own` (this command's id)
+    limits the status and the failures reported to this command's children, earlier ones staying
+    as history. With `elsewhere` trials still running in other processes, the summary is partial:
+    it is tagged so, their RUNNING children are left alone and the parent stays RUNNING for the
+    last process, whose summary replaces this one.
     """
     from mlflow import MlflowClient
 
@@ -40,14 +51,26 @@ def finish_parent_run(
     store.use_store(tracking_cfg)
     client: Any = RidingClient(MlflowClient(), store.rider_for(tracking_cfg))  # an outage now is waited out
     interrupted = interrupted or interrupts.received() is not None
-    ended, table, keys = _children_table(client, parent_run_id, selection, interrupted)
+    partial = elsewhere > 0 and not interrupted
+    ended, table, keys = _children_table(client, parent_run_id, selection, interrupted, own if partial else None)
     finished = [row for row in table if row.status == "FINISHED" and not math.isnan(row.metric(selection.metric))]
     report = [
         _log_counts(client, parent_run_id, table, len(finished)),
         *_log_choice(client, parent_run_id, table, keys, selection),
     ]
     interrupted = interrupts.settle() is not None or interrupted  # a later signal changes nothing
-    statuses = [row.status for row in table]
+    by_id = {run.info.run_id: run for run in ended}
+    mine = [row for row in table if own is None or _command_of(by_id.get(row.run_id)) == own]
+    if partial:
+        note = (
+            f"partial: {elsewhere} trial(s) still running in other processes; the last one to end replaces this summary"
+        )
+        client.set_tag(parent_run_id, names.PARTIAL_SUMMARY_TAG, note)
+        report.append(f"summary {note}")
+        return SweepOutcome("\n".join(report), _failures(mine, by_id))
+    if names.PARTIAL_SUMMARY_TAG in client.get_run(parent_run_id).data.tags:
+        client.delete_tag(parent_run_id, names.PARTIAL_SUMMARY_TAG)
+    statuses = [row.status for row in mine]
     status = (
         "KILLED"
         if interrupted or "KILLED" in statuses
@@ -56,23 +79,35 @@ def finish_parent_run(
         else "FINISHED"
     )
     client.set_terminated(parent_run_id, status)
-    by_id = {run.info.run_id: run for run in ended}
-    failures = [
+    return SweepOutcome("\n".join(report), _failures(mine, by_id))
+
+
+def _failures(rows: list, by_id: dict[str, Any]) -> list[str]:
+    return [
         f"job {row.name} {row.status}: {by_id[row.run_id].data.tags.get(names.ERROR_TAG, 'no error recorded')}"
-        for row in table
+        for row in rows
         if row.status in ("FAILED", "KILLED") and row.run_id in by_id
     ]
-    return SweepOutcome("\n".join(report), failures)
 
 
-def _children_table(client: Any, parent_run_id: str, selection: Selection, interrupted: bool) -> tuple:
-    """The children, every one ended, plus the runs reused for skipped jobs, as a table best first, and
-    the swept keys; sweep/summary.csv and the rule in words go on the parent."""
+def _command_of(run: Any) -> str | None:
+    return None if run is None else run.data.tags.get(names.SWEEP_COMMAND_TAG)
+
+
+def _children_table(
+    client: Any, parent_run_id: str, selection: Selection, interrupted: bool, only_own: str | None = None
+) -> tuple:
+    """The children, every one ended (with `only_own`, only that command's: another process's are
+    still training), plus the runs reused for skipped jobs, as a table best first, and the swept
+    keys; sweep/summary.csv and the rule in words go on the parent."""
     from mnistexp.sweep import tables
     from mnistexp.tracking import lifecycle
 
     parent = client.get_run(parent_run_id)
-    ended = [_ended(client, child, interrupted) for child in lifecycle.children_of(client, parent)]
+    ended = [
+        child if only_own is not None and _command_of(child) != only_own else _ended(client, child, interrupted)
+        for child in lifecycle.children_of(client, parent)
+    ]
     reused = [client.get_run(run) for tag, run in parent.data.tags.items() if tag.startswith(names.REUSED_TAG_PREFIX)]
     table = tables.rows([*ended, *reused], selection)
     keys = [key for key in parent.data.tags.get(names.SWEPT_KEYS_TAG, "").split(",") if key]
@@ -84,11 +119,14 @@ def _children_table(client: Any, parent_run_id: str, selection: Selection, inter
 
 def _log_counts(client: Any, parent_run_id: str, table: list, finished: int) -> str:
     statuses = [row.status for row in table]
-    failed, killed = statuses.count("FAILED"), statuses.count("KILLED")
+    failed, killed, pruned = statuses.count("FAILED"), statuses.count("KILLED"), statuses.count("PRUNED")
     client.log_metric(parent_run_id, names.JOBS_FINISHED, finished)
     client.log_metric(parent_run_id, names.JOBS_FAILED, failed)
     client.log_metric(parent_run_id, names.JOBS_KILLED, killed)
-    return f"sweep {parent_run_id}: {finished} finished, {failed} failed, {killed} killed"
+    if pruned:
+        client.log_metric(parent_run_id, names.JOBS_PRUNED, pruned)
+    counts = f"sweep {parent_run_id}: {finished} finished, {failed} failed, {killed} killed"
+    return counts + (f", {pruned} pruned" if pruned else "")
 
 
 def _log_choice(client: Any, parent_run_id: str, table: list, keys: list[str], selection: Selection) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from mnistexp.config.schema import RESULT_NEUTRAL_KEYS
 from mnistexp.config.selection import Selection
-from mnistexp.tracking.names import CONFIG_GROUP_TAG
+from mnistexp.tracking.names import CONFIG_GROUP_TAG, PRUNED_TAG
 
 REPORTED = ("test_accuracy", "test_loss")  # beside the selection metric in every table
 
@@ -46,7 +46,7 @@ def rows(runs: Iterable[Any], selection: Selection) -> list[Row]:
         Row(
             run_id=run.info.run_id,
             name=run.info.run_name or run.info.run_id[:8],
-            status=run.info.status,
+            status="PRUNED" if run.data.tags.get(PRUNED_TAG) == "true" else run.info.status,  # never ranked
             params=dict(run.data.params),
             metrics=dict(run.data.metrics),
             seconds=(run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,

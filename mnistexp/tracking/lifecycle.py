@@ -186,6 +186,7 @@ def record_failed_run(
         names.ERROR_TAG: error_line(error),
         names.OVERRIDES_TAG: mask(" ".join(overrides)),
         CONFIG_GROUP_TAG: _unvalidated_group(overrides),
+        **({names.SWEEP_COMMAND_TAG: sweep.command} if sweep.command else {}),
     }
     with interrupts.held():  # created and ended whole
         try:

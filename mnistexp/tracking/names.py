@@ -9,6 +9,9 @@ SELECTION_MODE_TAG = "mnistexp.selection_mode"
 GIT_DIRTY_TAG = "mnistexp.git_dirty"
 ERROR_TAG = "mnistexp.error"  # a FAILED or KILLED run's reason, one line (lifecycle.error_line)
 OVERRIDES_TAG = "mnistexp.overrides"  # a job refused before its run opened: what it was asked to run
+SWEEP_COMMAND_TAG = "mnistexp.sweep_command"  # the command that ran this child: a study's processes tell theirs apart
+PRUNED_TAG = "mnistexp.pruned"  # "true": an Optuna pruner stopped this trial's training (never ranked)
+PRUNED_EPOCH_TAG = "mnistexp.pruned_epoch"  # the epoch (0-based, as Keras counts) it was stopped after
 FUSED_GROUP_TAG = "mnistexp.fused_group"  # hydra/launcher=fused: the jobs (hydra.job.num) trained as one program
 REPRODUCES_TAG = "mnistexp.reproduces"  # a `mnistexp-runs reproduce` run: the run it reran
 RUN_KEY_TAG = "mnistexp.run_key"  # a run's own key: a retried start and `mnistexp-runs sync` find it by this
@@ -29,6 +32,7 @@ REUSED_TAG_PREFIX = "mnistexp.reused_job."  # a job skipped for an earlier FINIS
 STUDY_NAME_TAG = "mnistexp.study_name"
 STUDY_STORAGE_TAG = "mnistexp.study_storage"  # password masked
 STUDY_PARENT_ATTR = "mnistexp.parent_run_id"  # the Optuna study's user attribute naming its parent run
+PARTIAL_SUMMARY_TAG = "mnistexp.partial_summary"  # a study's summary while another process still runs trials
 SPOOL_SUMMARY_TAG = "mnistexp.spool.summary_of"  # a spooled note: this sweep parent's summary is still owed
 INTERRUPTED_TAG = "mnistexp.interrupted"  # on that note: the sweep was stopped by a signal
 
@@ -42,6 +46,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the U
 # Metrics
 TEST_METRICS = ("test_accuracy", "test_loss")  # reported beside the selection metric everywhere
 JOBS_FINISHED, JOBS_FAILED, JOBS_KILLED = "jobs_finished", "jobs_failed", "jobs_killed"  # on a sweep's parent
+JOBS_PRUNED = "jobs_pruned"
 
 # Artifacts
 RESOLVED_CONFIG_ARTIFACT = "config/resolved.yaml"
