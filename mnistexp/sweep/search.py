@@ -253,18 +253,18 @@ def make_storage(
     import optuna
     import sqlalchemy
 
-    heartbeat: dict[str, Any] = {}
-    if heartbeat_interval:
-        heartbeat = {
-            "heartbeat_interval": heartbeat_interval,
-            "grace_period": grace_period,
-            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry),
-        }
     sqlite = url.startswith("sqlite:")
     for attempt in range(5):
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings():  # heartbeats and their retry are "experimental" in Optuna 5
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                heartbeat: dict[str, Any] = {}
+                if heartbeat_interval:
+                    heartbeat = {
+                        "heartbeat_interval": heartbeat_interval,
+                        "grace_period": grace_period,
+                        "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry),
+                    }
                 storage = optuna.storages.RDBStorage(
                     url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None, **heartbeat
                 )
