@@ -91,6 +91,7 @@ RULES: dict[str, Callable[[Any], bool]] = {
     "tracking.run_name": lambda value: value is None or isinstance(value, str),
     "tracking.log_model": lambda value: isinstance(value, bool),
     "tracking.sample_images": int_in(0, math.inf),
+    "tracking.mistake_images": int_in(0, math.inf),
     "tracking.skip_finished": lambda value: isinstance(value, bool),
     "tracking.http_timeout": int_in(1, 3600),
     "tracking.http_retries": int_in(0, 10),

@@ -98,6 +98,7 @@ class TrackingConfig:
     run_name: str | None = MISSING
     log_model: bool = MISSING
     sample_images: int = MISSING
+    mistake_images: int = MISSING
     skip_finished: bool = MISSING
     http_timeout: int = MISSING
     http_retries: int = MISSING
