@@ -92,6 +92,8 @@ RULES: dict[str, Callable[[Any], bool]] = {
     "tracking.log_model": lambda value: isinstance(value, bool),
     "tracking.sample_images": int_in(0, math.inf),
     "tracking.mistake_images": int_in(0, math.inf),
+    "tracking.system_metrics": lambda value: isinstance(value, bool),
+    "tracking.system_metrics_interval": lambda value: is_number(value) and 0 < value <= 3600,
     "tracking.skip_finished": lambda value: isinstance(value, bool),
     "tracking.http_timeout": int_in(1, 3600),
     "tracking.http_retries": int_in(0, 10),

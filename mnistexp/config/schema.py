@@ -99,6 +99,8 @@ class TrackingConfig:
     log_model: bool = MISSING
     sample_images: int = MISSING
     mistake_images: int = MISSING
+    system_metrics: bool = MISSING
+    system_metrics_interval: float = MISSING
     skip_finished: bool = MISSING
     http_timeout: int = MISSING
     http_retries: int = MISSING

@@ -129,6 +129,7 @@ class MlflowSweep(Callback):
             except UserError as error:
                 report(str(error))
                 raise SystemExit(2) from error
+            lifecycle.start_system_metrics(tracking_cfg, parent, store.current_uri())
             storage_and_name = (config.hydra.sweeper.storage, config.hydra.sweeper.study_name) if study else None
             self.sweep = _Sweep(parent, tracking_cfg, selection, storage_and_name)
             _open_sweeps.append(self)
@@ -191,9 +192,11 @@ class MlflowSweep(Callback):
                 return
             _open_sweeps.remove(self)
             from mnistexp.sweep.summary import SweepOutcome, finish_parent_run, owe_summary
+            from mnistexp.tracking.lifecycle import stop_system_metrics
             from mnistexp.tracking.outages import TrackingOutageError
 
             interrupted = isinstance(in_flight, KeyboardInterrupt)
+            stop_system_metrics(sweep.parent_run_id)  # its last samples in before the summary ends it
             try:
                 if sweep.study is not None:
                     log.info(self._log_study(sweep, sweep.study))
