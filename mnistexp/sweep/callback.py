@@ -68,6 +68,7 @@ def threads_per_job(launcher: DictConfig, jobs: int | None) -> int:
 
 
 _open_sweeps: list[MlflowSweep] = []  # callbacks whose parent run is open
+ended_parents: list[str] = []  # the parent runs this process's sweeps ended, in order (the Python API's sweep reads it)
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class MlflowSweep(Callback):
             if sweep is None:
                 return
             _open_sweeps.remove(self)
+            ended_parents.append(sweep.parent_run_id)
             from mnistexp.sweep.summary import SweepOutcome, finish_parent_run, owe_summary
             from mnistexp.tracking.lifecycle import stop_system_metrics
             from mnistexp.tracking.outages import TrackingOutageError
