@@ -28,6 +28,10 @@ class UserError(Exception):
     """Something the user can fix; the message names the key, file or URI at fault."""
 
 
+class MnistexpError(UserError):
+    """What the Python API raises for bad input: its message is the one line `mnistexp` prints."""
+
+
 class DataError(UserError, ValueError):
     """The data source is missing, unreadable or not MNIST-shaped; the message names the file."""
 

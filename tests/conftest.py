@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,17 @@ pytest_plugins = ["pytester", "tests.ci_policy"]  # ci_policy: under CI, a skip 
 # Under CI the property tests draw the same examples every run: a red CI is then reproducible.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.fixture(autouse=True)
+def _absl_writes_to_the_real_stderr():
+    """TensorFlow's absl handler keeps the sys.stderr of its import (some test's capture) and closes it
+    when Hydra's logging setup, run in this process (the Python API), replaces the handlers: every
+    later test would then fail on a closed file. A command or a notebook has one sys.stderr."""
+    absl_logging = sys.modules.get("absl.logging")
+    if absl_logging is not None:
+        absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+    yield
 
 
 @pytest.fixture(autouse=True)

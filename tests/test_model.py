@@ -252,7 +252,7 @@ data = Dataset(
 overrides = ["trainer.epochs=2", "trainer.verbose=0", "optimizer.learning_rate=0.01", "data.validation_size=100"]
 cfg = validate(compose(overrides))
 trained = train_and_evaluate(cfg, data)
-figures = [name for name, figure in trained.figures(data, list(cfg.data.class_names), 9)]
+figures = [name for name, figure in trained.figures(data, list(cfg.data.class_names), 9, 4)]
 loaded = "mlflow" in sys.modules and sys.modules["mlflow"] is not None
 print(trained.evaluation.accuracy, len(trained.history["val_loss"]), ",".join(figures), loaded)
 """
@@ -265,7 +265,10 @@ def test_the_pipeline_trains_and_evaluates_with_mlflow_absent():
     assert done.returncode == 0, done.stderr[-3000:]
     accuracy, epochs, figures, mlflow_loaded = done.stdout.split()
     assert float(accuracy) > 0.9 and epochs == "2" and mlflow_loaded == "False"
-    assert figures == "confusion_matrix,sample_predictions,learning_curves"
+    assert (
+        figures
+        == "plots/confusion_matrix.png,plots/sample_predictions.png,plots/mistakes.png,plots/learning_curves.png"
+    )
 
 
 @pytest.mark.parametrize("engine", ["compiled", "keras_fit"])

@@ -41,6 +41,41 @@ def test_sample_grid_titles_true_and_predicted_labels_and_marks_mistakes():
     plots.close(figure)
 
 
+def test_mistakes_are_the_most_confident_wrong_predictions_titled_with_labels_and_score():
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+    predictions = np.array([0, 7, 2, 9, 4, 1, 6, 2])  # wrong at 1, 3, 5, 7
+    confidences = np.array([0.99, 0.60, 0.98, 0.95, 0.97, 0.80, 0.99, 0.80])  # right ones are the surest
+    images = np.zeros((8, 28, 28), np.uint8)
+    images[3, 0, 0] = 255  # the surest mistake is marked, so the mosaic shows it came first
+    chosen = plots.most_confident_mistakes(labels, predictions, confidences, 3)
+    assert chosen.tolist() == [3, 5, 7]  # 0.95, then the two 0.80 in test-set order; 1 (0.60) left out
+    figure = plots.mistakes_grid(images, labels, predictions, confidences, [str(d) for d in range(10)], 3)
+    [axes] = figure.axes
+    assert [text.get_text() for text in axes.texts] == ["3 → 9\n0.95", "5 → 1\n0.80", "7 → 2\n0.80"]
+    mosaic = axes.images[0].get_array()
+    band = 28  # two lines of caption above the first row
+    assert mosaic[band, 0] == 255 and (mosaic == 255).sum() == 1
+    plots.close(figure)
+
+
+def test_mistakes_grid_says_so_when_there_are_none():
+    labels = np.array([1, 2])
+    figure = plots.mistakes_grid(np.zeros((2, 28, 28), np.uint8), labels, labels, np.ones(2), list("0123456789"), 25)
+    assert figure.texts[0].get_text() == "No mistakes on the test split" and len(figure.axes[0].texts) == 0
+    plots.close(figure)
+
+
+def test_learning_curves_tick_whole_epochs_only():
+    history = {"loss": [0.9, 0.5, 0.4], "accuracy": [0.7, 0.8, 0.85]}  # three epochs: matplotlib would tick 1.5, 2.5
+    figure = plots.learning_curves(history)
+    figure.canvas.draw()
+    for axes in figure.axes:
+        ticks = [tick for tick in axes.get_xticks() if axes.get_xlim()[0] <= tick <= axes.get_xlim()[1]]
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+        assert {1.0, 2.0, 3.0} <= set(ticks)
+    plots.close(figure)
+
+
 def test_flatten_makes_dotted_keys_and_keeps_lists_whole():
     nested = {"model": {"hidden_units": [256, 128], "act": "relu"}, "seed": 1, "a": {"b": {"c": None}}}
     assert flatten(nested) == {"model.hidden_units": [256, 128], "model.act": "relu", "seed": 1, "a.b.c": None}

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mnistexp.cli.main import TRACEBACKS_ENV, read_environment
+from mnistexp.cli.main import TRACEBACKS_ENV, console_redraws, progress_for, read_environment
 from mnistexp.config.hydra_errors import explain
 from mnistexp.config.schema import CONFIG_MODULE, TrackingConfig, register_schema, typed
 from mnistexp.config.validation import validate
@@ -38,7 +38,7 @@ def _job(cfg: DictConfig) -> float:
     read_environment(os.environ)  # this may be a worker process (joblib, Ray, Slurm): its own inputs
     sweep = SweepContext.from_env(os.environ)  # set by the sweep's callback through hydra.job.env_set
     try:
-        config = validate(cfg)
+        config = progress_for(validate(cfg), console_redraws(sys.stdout))  # one line per epoch in a notebook or log
         from mnistexp.config.schema import selection_of
         from mnistexp.job import train_and_record  # TensorFlow and MLflow load only for a job that will run
         from mnistexp.sweep.pruning import trial_link

@@ -7,12 +7,16 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
-from typing import NoReturn
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from mnistexp import errors, imports, interrupts
 from mnistexp.errors import report
 from mnistexp.tracking import masking
+
+if TYPE_CHECKING:
+    from mnistexp.config.schema import MnistexpConfig
 
 TRACEBACKS_ENV = "MNISTEXP_FULL_ERROR"  # the user's HYDRA_FULL_ERROR, for the jobs of worker processes
 
@@ -20,9 +24,7 @@ TRACEBACKS_ENV = "MNISTEXP_FULL_ERROR"  # the user's HYDRA_FULL_ERROR, for the j
 def mnistexp() -> None:
     interrupts.install()  # before Hydra, TensorFlow and MLflow load: a signal then is answered like any other
     read_environment(os.environ)
-    sys.argv[1:], secrets = masking.hide_in_overrides(sys.argv[1:])  # passwords stay out of Hydra's files
-    masking.remember(secrets)
-    os.environ[masking.SECRETS_ENV] = json.dumps({**json.loads(os.environ.get(masking.SECRETS_ENV, "{}")), **secrets})
+    sys.argv[1:] = hide_secrets(sys.argv[1:])  # passwords stay out of Hydra's files
     try:
         interrupts.phase("importing the libraries")
         with imports.loaded_for_good("mnistexp.cli.app"):  # Hydra and OmegaConf
@@ -40,6 +42,30 @@ def mnistexp() -> None:
         if spooled:
             print(f"mnistexp: {spooled}", file=sys.stderr)
     _leave(status)
+
+
+def hide_secrets(overrides: Sequence[str]) -> list[str]:
+    """The overrides with every password in a URL masked; the real ones remembered for where they
+    connect, in this process and (through the environment) in a sweep's worker processes."""
+    hidden, secrets = masking.hide_in_overrides(list(overrides))
+    masking.remember(secrets)
+    os.environ[masking.SECRETS_ENV] = json.dumps({**json.loads(os.environ.get(masking.SECRETS_ENV, "{}")), **secrets})
+    return hidden
+
+
+def console_redraws(stream: TextIO) -> bool:
+    """Whether this console redraws a line in place (a terminal). A notebook's cell, a pipe or a log
+    file keeps every redraw of Keras's progress bar instead: a flood of carriage returns."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def progress_for(cfg: MnistexpConfig, redraws: bool) -> MnistexpConfig:
+    """trainer.verbose=1 (a progress bar) on a console that cannot redraw becomes Keras's 2, one line
+    per epoch, which is what the bar would leave behind; the run's params say what was used."""
+    if cfg.trainer.verbose != 1 or redraws:
+        return cfg
+    return replace(cfg, trainer=replace(cfg.trainer, verbose=2))
 
 
 def read_environment(environ: Mapping[str, str]) -> None:

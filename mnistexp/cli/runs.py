@@ -15,10 +15,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mnistexp.config.schema import MnistexpConfig, as_dict, compose
-from mnistexp.config.selection import MODES, RUN_METRICS, Selection
+from mnistexp.config.selection import MODES, RUN_METRICS
 from mnistexp.config.validation import validate
 from mnistexp.environment import quiet_libraries
 from mnistexp.errors import UserError
+from mnistexp.sweep import tables
 from mnistexp.tracking import names
 from mnistexp.tracking.masking import mask
 
@@ -146,27 +147,16 @@ def _add_sync(commands: Any) -> None:
 
 
 def _get_run(client: Any, run_id: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException as error:
-        raise UserError(f"no run {run_id} in {client.tracking_uri}") from error
+    return tables.get_run(client, run_id)
 
 
 def compare_runs(command: Command) -> int:
     from mnistexp.pipeline import plots
-    from mnistexp.sweep import replicates, tables
+    from mnistexp.sweep import replicates
 
     args, client = command.args, command.client()
-    runs = [
-        run for run in _runs_to_compare(command, client) if run.data.tags.get(names.SWEEP_TAG) != names.SWEEP_PARENT
-    ]
-    if not runs:
-        raise UserError(f"no runs to compare in {client.tracking_uri}")
-    selection = _selection(runs, args.metric, args.mode)
-    table = tables.rows(runs, selection)
-    keys = tables.varying_keys(table)
+    experiment = args.experiment or command.cfg.tracking.experiment
+    table, keys, selection = tables.compared(client, experiment, args.parent, args.metric, args.mode)
     grouped = replicates.has_replicates(table) if args.group is None else args.group
     configurations = replicates.groups(table, keys, selection)
     if grouped:
@@ -182,37 +172,6 @@ def compare_runs(command: Command) -> int:
         plots.close(figure)
         print(f"plot: {args.plot}")
     return 0
-
-
-def _runs_to_compare(command: Command, client: Any) -> list:
-    """The children of --parent, else every run of the experiment."""
-    from mnistexp.tracking import lifecycle
-
-    if command.args.parent:
-        return lifecycle.children_of(client, _get_run(client, command.args.parent))
-    name = command.args.experiment or command.cfg.tracking.experiment
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        raise UserError(f"no experiment {name!r} in {client.tracking_uri}")
-    return list(client.search_runs([experiment.experiment_id], max_results=50_000))
-
-
-def _selection(runs: list, metric: str | None, mode: str) -> Selection:
-    """--metric if given; else the selection metric the runs were made with, which must be one."""
-    if metric:
-        return Selection.of(metric, mode)
-    chosen = {
-        (
-            run.data.tags.get(names.SELECTION_METRIC_TAG, "test_accuracy"),
-            run.data.tags.get(names.SELECTION_MODE_TAG, "max"),
-        )
-        for run in runs
-    }
-    if len(chosen) > 1:
-        found = ", ".join(sorted(f"{name} ({how})" for name, how in chosen))
-        raise UserError(f"these runs were ranked by different metrics ({found}); choose one with --metric")
-    [(name, how)] = chosen
-    return Selection.of(name, how if mode == "auto" else mode)
 
 
 def logged_config(command: Command, client: Any, run_id: str) -> MnistexpConfig:

@@ -3,16 +3,18 @@ and the digests that identify a configuration."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 
 from mnistexp.config.selection import Selection
 
@@ -98,6 +100,9 @@ class TrackingConfig:
     run_name: str | None = MISSING
     log_model: bool = MISSING
     sample_images: int = MISSING
+    mistake_images: int = MISSING
+    system_metrics: bool = MISSING
+    system_metrics_interval: float = MISSING
     skip_finished: bool = MISSING
     http_timeout: int = MISSING
     http_retries: int = MISSING
@@ -134,6 +139,30 @@ def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) ->
     register_schema()
     with initialize_config_module(config_module=CONFIG_MODULE):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+@contextlib.contextmanager
+def hydra_config_set(config: DictConfig) -> Iterator[None]:
+    """Hydra's HydraConfig set to this composed config's `hydra` node (what `${hydra:...}` and the app
+    read) for the block, and what it was before put back: a job composed outside `@hydra.main`
+    (the fused launcher's members, the Python API) runs as a job of the command would."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_config = HydraConfig.instance()
+    before = hydra_config.cfg
+    hydra_config.set_config(config)
+    try:
+        yield
+    finally:
+        hydra_config.cfg = before
+
+
+def task_part(config: DictConfig) -> DictConfig:
+    """A composed config without its `hydra` node: what Hydra hands the task function."""
+    task_cfg = copy.deepcopy(config)  # as run_job makes it: the schema's types kept
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
 
 
 def register_schema() -> None:

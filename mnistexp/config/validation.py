@@ -165,6 +165,15 @@ def _check_tracking(config: MnistexpConfig) -> None:
         _require(bool(name.strip()), f"tracking.{key}", "must not be empty", name)
     _require(tracking.sample_images >= 0, "tracking.sample_images", "must be an integer >= 0", tracking.sample_images)
     _require(
+        tracking.mistake_images >= 0, "tracking.mistake_images", "must be an integer >= 0", tracking.mistake_images
+    )
+    _require(
+        0 < tracking.system_metrics_interval <= 3600,
+        "tracking.system_metrics_interval",
+        "must be seconds, more than 0 and at most 3600",
+        tracking.system_metrics_interval,
+    )
+    _require(
         0 < tracking.http_timeout <= 3600,
         "tracking.http_timeout",
         "must be whole seconds, 1-3600",

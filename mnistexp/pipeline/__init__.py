@@ -46,16 +46,31 @@ class Trained:
             "samples_per_second": self.fitted.samples_per_second,
         }
 
-    def figures(self, data: Dataset, class_names: Sequence[str], sample_images: int) -> Iterator[tuple[str, Figure]]:
-        """The run's plots, drawn one at a time as they are asked for: (name, figure); close each after use."""
+    def figures(
+        self, data: Dataset, class_names: Sequence[str], sample_images: int, mistake_images: int
+    ) -> Iterator[tuple[str, Figure]]:
+        """The run's plots, drawn one at a time as they are asked for: (artifact name, figure); close each after use."""
         from mnistexp.pipeline import plots
+        from mnistexp.tracking import names  # the names alone: no MLflow
 
         evaluation = self.evaluation
-        yield "confusion_matrix", plots.confusion_heatmap(evaluation.confusion, class_names, evaluation.accuracy)
+        yield names.CONFUSION_PLOT, plots.confusion_heatmap(evaluation.confusion, class_names, evaluation.accuracy)
         if sample_images:  # 0: no grid of images at all (an empty figure tells nobody anything)
             images = data.x_test[:sample_images]
-            yield "sample_predictions", plots.sample_grid(images, data.y_test, evaluation.predictions, class_names)
-        yield "learning_curves", plots.learning_curves(self.fitted.history, self.fitted.best_epoch)
+            yield names.SAMPLES_PLOT, plots.sample_grid(images, data.y_test, evaluation.predictions, class_names)
+        if mistake_images:
+            yield (
+                names.MISTAKES_PLOT,
+                plots.mistakes_grid(
+                    data.x_test,
+                    data.y_test,
+                    evaluation.predictions,
+                    evaluation.confidences,
+                    class_names,
+                    mistake_images,
+                ),
+            )
+        yield names.CURVES_PLOT, plots.learning_curves(self.fitted.history, self.fitted.best_epoch)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ class Evaluation:
     loss: float
     accuracy: float
     predictions: np.ndarray  # predicted class per test image
+    confidences: np.ndarray  # the model's score for that predicted class, per test image
     confusion: np.ndarray  # confusion[true, predicted] = count
     precision: np.ndarray  # per class; NaN where the class was never predicted
     recall: np.ndarray  # per class; NaN where the class never occurs
@@ -29,7 +30,7 @@ def evaluate(model: keras.Model, data: Dataset, trainer_cfg: TrainerConfig, data
     (the model's own, averaged over the images as `model.evaluate` does), the predictions, and from
     them the accuracy and the confusion matrix."""
     num_classes = len(data_cfg.class_names)
-    loss_sum, predictions = compiled_pass(model, data.x_test, data.y_test, trainer_cfg.eval_batch_size)()
+    loss_sum, predictions, confidences = compiled_pass(model, data.x_test, data.y_test, trainer_cfg.eval_batch_size)()
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (data.y_test, predictions), 1)
     precision, recall = per_class_precision_recall(confusion)
@@ -37,6 +38,7 @@ def evaluate(model: keras.Model, data: Dataset, trainer_cfg: TrainerConfig, data
         loss_sum / len(data.y_test),
         float(np.trace(confusion)) / len(data.y_test),
         predictions,
+        confidences,
         confusion,
         precision,
         recall,
@@ -45,10 +47,10 @@ def evaluate(model: keras.Model, data: Dataset, trainer_cfg: TrainerConfig, data
 
 def compiled_pass(
     model: keras.Model, images: np.ndarray, labels: np.ndarray, batch: int
-) -> Callable[[], tuple[float, np.ndarray]]:
+) -> Callable[[], tuple[float, np.ndarray, np.ndarray]]:
     """A function that runs a whole split through the model as a TensorFlow graph, `batch` images
     per call, and returns the sample-weighted loss sum, computed as Keras computes the training
-    loss, and the predicted class of every image, in order. No XLA: these one-step graphs compile
+    loss, the predicted class of every image, in order, and its score. No XLA: these one-step graphs compile
     for longer than they run (BENCHMARKS.md)."""
 
     chunk_pass = _chunk_pass(model)
@@ -57,9 +59,13 @@ def compiled_pass(
         for start in range(0, len(labels), batch)
     ]
 
-    def run() -> tuple[float, np.ndarray]:
+    def run() -> tuple[float, np.ndarray, np.ndarray]:
         results = [chunk_pass(x, y) for x, y in chunks]
-        return sum(float(loss) for loss, _ in results), np.concatenate([predicted.numpy() for _, predicted in results])
+        return (
+            sum(float(loss) for loss, _, _ in results),
+            np.concatenate([predicted.numpy() for _, predicted, _ in results]),
+            np.concatenate([score.numpy() for _, _, score in results]),
+        )
 
     return run
 
@@ -72,10 +78,11 @@ def _chunk_pass(model: keras.Model) -> Callable:
         return cached
 
     @tf.function(autograph=False)
-    def chunk_pass(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def chunk_pass(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         scores = model(x, training=False)
         loss = model.compute_loss(x=x, y=loss_targets(model, y), y_pred=scores, training=False)
-        return loss * tf.cast(tf.shape(y)[0], tf.float32), tf.argmax(scores, axis=1, output_type=tf.int32)
+        predicted = tf.argmax(scores, axis=1, output_type=tf.int32)
+        return loss * tf.cast(tf.shape(y)[0], tf.float32), predicted, tf.reduce_max(scores, axis=1)
 
     model._mnistexp_chunk_pass = chunk_pass
     return chunk_pass

@@ -1,4 +1,5 @@
-"""Figures from numbers: the confusion-matrix heatmap and a grid of sample images with labels."""
+"""Figures from numbers: the confusion-matrix heatmap, grids of test images with labels (the first ones,
+the most confident mistakes), learning curves, and a sweep's metric by key."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ matplotlib.use("Agg")  # files only: no display on servers, CI or inside sweeps
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from mnistexp import imports
 
@@ -45,7 +47,42 @@ def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], accurac
 
 
 def sample_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]) -> Figure:
-    """The images in a near-square grid, each labelled `true / predicted`, mistakes in red.
+    """The images in a near-square grid, each labelled `true / predicted`, mistakes in red."""
+    pairs = list(zip(labels[: len(images)], predictions[: len(images)], strict=True))  # labels may be the whole split
+    captions = [f"{class_names[label]} / {class_names[predicted]}" for label, predicted in pairs]
+    colors = ["black" if label == predicted else "red" for label, predicted in pairs]
+    return _image_grid(images, captions, colors, "First test images: true / predicted")
+
+
+def most_confident_mistakes(
+    labels: np.ndarray, predictions: np.ndarray, confidences: np.ndarray, count: int
+) -> np.ndarray:
+    """The positions of the wrong predictions, highest score first (ties: the earlier image), at most `count`."""
+    wrong = np.flatnonzero(labels != predictions)
+    order = np.argsort(-confidences[wrong], kind="stable")  # stable: equal scores keep the test set's order
+    return wrong[order[:count]]
+
+
+def mistakes_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    confidences: np.ndarray,
+    class_names: Sequence[str],
+    count: int,
+) -> Figure:
+    """The `count` most confident wrong predictions, each titled with its true label, the predicted
+    one and the model's score for it: where the model is sure and wrong."""
+    chosen = most_confident_mistakes(labels, predictions, confidences, count)
+    captions = [f"{class_names[labels[k]]} → {class_names[predictions[k]]}\n{confidences[k]:.2f}" for k in chosen]
+    title = "Most confident mistakes: true → predicted, score" if len(chosen) else "No mistakes on the test split"
+    return _image_grid(images[chosen], captions, ["red"] * len(chosen), title, lines=2)
+
+
+def _image_grid(
+    images: np.ndarray, captions: Sequence[str], colors: Sequence[str], title: str, lines: int = 1
+) -> Figure:
+    """Images in a near-square grid, each with its caption (`lines` lines) above it.
 
     One mosaic on one axes: a figure of 25 small axes is slow to lay out (BENCHMARKS.md).
     """
@@ -53,27 +90,27 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
     columns = max(1, int(np.ceil(np.sqrt(count))))
     rows = max(1, int(np.ceil(count / columns)))
     height, width = images.shape[1:3] if count else (28, 28)
-    band, gap = height // 2, width // 6  # room for each label, and between images
+    band, gap = lines * height // 2, width // 6  # room for each caption, and between images
     cell_height, cell_width = height + band, width + gap
     mosaic = np.zeros((rows * cell_height, columns * cell_width), dtype=np.float32)
-    figure = Figure(figsize=(1.2 * columns, 1.35 * rows + 0.4))
-    axes = figure.add_axes((0.01, 0.01, 0.98, 1 - 0.4 / (1.35 * rows + 0.4) - 0.01))
+    inches = 1.35 + 0.35 * (lines - 1)
+    figure = Figure(figsize=(1.2 * columns, inches * rows + 0.4))
+    axes = figure.add_axes((0.01, 0.01, 0.98, 1 - 0.4 / (inches * rows + 0.4) - 0.01))
     for index in range(count):
         top, left = (index // columns) * cell_height + band, (index % columns) * cell_width
         mosaic[top : top + height, left : left + width] = images[index]
-        right = labels[index] == predictions[index]
         axes.text(
             left + width / 2,
             top - 1,
-            f"{class_names[labels[index]]} / {class_names[predictions[index]]}",
+            captions[index],
             ha="center",
             va="bottom",
             fontsize=9,
-            color="black" if right else "red",
+            color=colors[index],
         )
     axes.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
     axes.axis("off")
-    figure.suptitle("First test images: true / predicted")
+    figure.suptitle(title)
     return figure
 
 
@@ -88,6 +125,7 @@ def learning_curves(history: dict[str, list[float]], best_epoch: int | None = No
         if best_epoch is not None:
             axis.axvline(best_epoch + 1, color="gray", linestyle="--", label="best epoch")
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 between 1 and 2
         axis.set_ylabel(name)
         axis.set_title(name.capitalize())
         axis.grid(alpha=0.3)

@@ -263,7 +263,7 @@ class CompiledEngine:
             if validation is not None:
                 evaluate, y_val = validation
                 self.callback_lists[k].on_test_begin()
-                val_loss_sum, predictions = evaluate()
+                val_loss_sum, predictions, _ = evaluate()
                 self.callback_lists[k].on_test_end()
                 logs[k] = {
                     **logs[k],
@@ -311,7 +311,7 @@ class CompiledEngine:
             self.steps_per_slice = max(1, min(int(steps * self.SLICE_SECONDS / seconds), 4 * steps))
 
 
-def _validation_pass(learner: Learner) -> tuple[Callable[[], tuple[float, np.ndarray]], np.ndarray] | None:
+def _validation_pass(learner: Learner) -> tuple[Callable[[], tuple[float, np.ndarray, np.ndarray]], np.ndarray] | None:
     if learner.data.validation is None:
         return None
     x_val, y_val = learner.data.validation

@@ -70,6 +70,7 @@ def threads_per_job(launcher: DictConfig, jobs: int | None) -> int:
 
 
 _open_sweeps: list[MlflowSweep] = []  # callbacks whose parent run is open
+ended_parents: list[str] = []  # the parent runs this process's sweeps ended, in order (the Python API's sweep reads it)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class MlflowSweep(Callback):
             except UserError as error:
                 report(str(error))
                 raise SystemExit(2) from error
+            lifecycle.start_system_metrics(tracking_cfg, parent, store.current_uri())
             storage_and_name = (config.hydra.sweeper.storage, config.hydra.sweeper.study_name) if study else None
             command = uuid.uuid4().hex
             self.sweep = _Sweep(parent, tracking_cfg, selection, storage_and_name, command)
@@ -209,10 +211,13 @@ class MlflowSweep(Callback):
             if sweep is None:
                 return
             _open_sweeps.remove(self)
+            ended_parents.append(sweep.parent_run_id)
             from mnistexp.sweep.summary import SweepOutcome, finish_parent_run, owe_summary
+            from mnistexp.tracking.lifecycle import stop_system_metrics
             from mnistexp.tracking.outages import TrackingOutageError
 
             interrupted = isinstance(in_flight, KeyboardInterrupt)
+            stop_system_metrics(sweep.parent_run_id)  # its last samples in before the summary ends it
             try:
                 own, elsewhere = None, 0
                 if sweep.study is not None:

@@ -7,10 +7,10 @@ MLflow at its top.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, open_dict
 
-from mnistexp.config.schema import MnistexpConfig, as_dict
+from mnistexp.config.schema import MnistexpConfig, as_dict, hydra_config_set, task_part
 from mnistexp.tracking.names import FUSED_GROUP_TAG
 
 log = logging.getLogger("mnistexp")
@@ -164,23 +164,17 @@ def _validated(config: DictConfig) -> MnistexpConfig | None:
     """The job's config validated as its job will validate it, with its HydraConfig in place."""
     from mnistexp.config.validation import validate
 
-    task_cfg = _task_part(config)
-    hydra_config = HydraConfig.instance()
-    before = hydra_config.cfg
     try:
-        hydra_config.set_config(config)
-        return validate(task_cfg)
+        with hydra_config_set(config):
+            return validate(task_part(config))
     except Exception:  # its own job says what is wrong, in its own words
         return None
-    finally:
-        if before is not None:
-            hydra_config.cfg = before
 
 
 def _train_group(group: Sequence[_Member]) -> list[Any]:
     """Every member trained and recorded as one program (in the innermost member's job): each
     member's JobResult, or the exception that ended it."""
-    from mnistexp.cli.main import read_environment
+    from mnistexp.cli.main import console_redraws, progress_for, read_environment
     from mnistexp.job import JobSpec, train_and_record_together
     from mnistexp.sweep.handoff import SweepContext
 
@@ -189,8 +183,9 @@ def _train_group(group: Sequence[_Member]) -> list[Any]:
     for member in group:
         member.trial = _trial_of(member)
     label = "jobs " + ",".join(str(member.config.hydra.job.num) for member in group)  # unique in its sweep
+    redraws = console_redraws(sys.stdout)  # one line per epoch in a notebook or a log, as a basic launcher's job
     specs = [
-        JobSpec(member.cfg, member.overrides, sweep, {FUSED_GROUP_TAG: label}, member.trial)  # type: ignore[arg-type]
+        JobSpec(progress_for(member.cfg, redraws), member.overrides, sweep, {FUSED_GROUP_TAG: label}, member.trial)  # type: ignore[arg-type]
         for member in group
     ]
     try:
@@ -215,15 +210,7 @@ def _member_result(member: _Member, outcome: Any) -> float:
     from mnistexp.sweep.handoff import SweepContext
 
     if isinstance(outcome, Exception):
-        task_cfg = _task_part(member.config)
+        task_cfg = task_part(member.config)
         return job_failed(task_cfg, member.overrides, SweepContext.from_env(os.environ), True, outcome)
     trial = member.trial
     return float(outcome.objective) if trial is None else trial.returned(outcome.objective)
-
-
-def _task_part(config: DictConfig) -> DictConfig:
-    """The job's config without its `hydra` node: what Hydra hands the task function."""
-    task_cfg = copy.deepcopy(config)  # as run_job makes it: the schema's types kept
-    with read_write(task_cfg), open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return task_cfg

@@ -57,6 +57,61 @@ def rows(runs: Iterable[Any], selection: Selection) -> list[Row]:
     return selection.ranked(table, key=lambda row: row.metrics.get(selection.metric))
 
 
+def get_run(client: Any, run_id: str) -> Any:
+    """The run, or one line naming the id and the store."""
+    from mlflow.exceptions import MlflowException
+
+    from mnistexp.errors import UserError
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as error:
+        raise UserError(f"no run {run_id} in {client.tracking_uri}") from error
+
+
+def compared(
+    client: Any, experiment: str, parent: str | None = None, metric: str | None = None, mode: str = "auto"
+) -> tuple[list[Row], list[str], Selection]:
+    """What `mnistexp-runs compare` ranks (the Python API's `runs` too): the children of `parent`, else
+    every run of `experiment`, sweep parents left out, best first by `metric` (default: the selection
+    metric the runs were made with); the keys their configs differ in; the rule that ranked them."""
+    from mnistexp.errors import UserError
+    from mnistexp.tracking import lifecycle
+    from mnistexp.tracking.names import SWEEP_PARENT, SWEEP_TAG
+
+    if parent:
+        found = lifecycle.children_of(client, get_run(client, parent))
+    else:
+        known = client.get_experiment_by_name(experiment)
+        if known is None:
+            raise UserError(f"no experiment {experiment!r} in {client.tracking_uri}")
+        found = list(client.search_runs([known.experiment_id], max_results=50_000))
+    runs = [run for run in found if run.data.tags.get(SWEEP_TAG) != SWEEP_PARENT]
+    if not runs:
+        raise UserError(f"no runs to compare in {client.tracking_uri}")
+    selection = _selection(runs, metric, mode)
+    table = rows(runs, selection)
+    return table, varying_keys(table), selection
+
+
+def _selection(runs: list, metric: str | None, mode: str) -> Selection:
+    """`metric` if given; else the selection metric the runs were made with, which must be one."""
+    from mnistexp.errors import UserError
+    from mnistexp.tracking.names import SELECTION_METRIC_TAG, SELECTION_MODE_TAG
+
+    if metric:
+        return Selection.of(metric, mode)
+    chosen = {
+        (run.data.tags.get(SELECTION_METRIC_TAG, "test_accuracy"), run.data.tags.get(SELECTION_MODE_TAG, "max"))
+        for run in runs
+    }
+    if len(chosen) > 1:
+        found = ", ".join(sorted(f"{name} ({how})" for name, how in chosen))
+        raise UserError(f"these runs were ranked by different metrics ({found}); choose one with --metric")
+    [(name, how)] = chosen
+    return Selection.of(name, how if mode == "auto" else mode)
+
+
 def varying_keys(table: Sequence[Row]) -> list[str]:
     """Config keys whose values differ between the rows: what the runs were compared on."""
     keys = sorted({key for row in table for key in row.params if "." in key and not _neutral(key)})

@@ -50,6 +50,29 @@ def open_run(
         raise TrackingError(f"cannot start a run in {mask(sink.uri)}: {store.one_line(error)}") from error
 
 
+_monitors: dict[str, Any] = {}  # run id -> MLflow's SystemMetricsMonitor sampling into it (tracking.system_metrics)
+
+
+def start_system_metrics(tracking_cfg: TrackingConfig, run_id: str, uri: str) -> None:
+    """With tracking.system_metrics: MLflow's own monitor (CPU, memory, disk, network; psutil) samples
+    the machine into the run every system_metrics_interval seconds until stop_system_metrics."""
+    if not tracking_cfg.system_metrics or run_id in _monitors:
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=tracking_cfg.system_metrics_interval, tracking_uri=uri)
+    monitor.start()
+    _monitors[run_id] = monitor
+
+
+def stop_system_metrics(run_id: str) -> None:
+    """The monitor stopped and its queued samples written, before the run ends (MLflow's monitor
+    drops what it holds once the run is no longer RUNNING)."""
+    monitor = _monitors.pop(run_id, None)
+    if monitor is not None:
+        monitor.finish()
+
+
 class Runs:
     """Runs opened together (a fused group's jobs), each ended once and on its own."""
 
@@ -68,17 +91,21 @@ class Runs:
             interrupts.phase("opening the run")
             run = open_run(tracking_cfg, run_name, tags, parent_run_id, experiment)
             self.pending.append(run)
+            if not run.spooled:  # the monitor writes to the store the run began in
+                start_system_metrics(tracking_cfg, run.run_id, run.uri)
         return run
 
     def finish(self, run: Recording) -> None:
         with interrupts.held():
             self.pending.remove(run)
+            stop_system_metrics(run.run_id)
             run.end("FINISHED")
 
     def fail(self, run: Recording, error: BaseException) -> None:
         """FAILED with this error (tagged, its traceback logged), or KILLED for a signal."""
         with interrupts.held():
             self.pending.remove(run)
+            stop_system_metrics(run.run_id)
             _end_run_after(error, run)
 
 

@@ -53,5 +53,10 @@ RESOLVED_CONFIG_ARTIFACT = "config/resolved.yaml"
 OVERRIDES_ARTIFACT = "config/overrides.yaml"
 DATA_SUMMARY_ARTIFACT = "data/summary.json"
 TRACEBACK_ARTIFACT = "error/traceback.txt"
+# A job's plots, as pipeline.Trained.figures names them
+CONFUSION_PLOT = "plots/confusion_matrix.png"
+SAMPLES_PLOT = "plots/sample_predictions.png"  # the first test images, true / predicted
+MISTAKES_PLOT = "plots/mistakes.png"  # the most confident wrong predictions, with their scores
+CURVES_PLOT = "plots/learning_curves.png"
 SUMMARY_ARTIFACT = "sweep/summary.csv"  # on a sweep's parent: every child, best first
 GROUPS_ARTIFACT = "sweep/groups.csv"  # on a sweep's parent: one row per configuration

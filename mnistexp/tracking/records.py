@@ -167,6 +167,7 @@ def log_trained(run: Recording, cfg: MnistexpConfig, data: Dataset, trained: Tra
     logged = log_model(run, trained.model, cfg.data.image_shape) if cfg.tracking.log_model else None
     log_evaluation(run, trained.evaluation, list(cfg.data.class_names), logged)
     interrupts.phase("logging the plots")
-    for name, figure in trained.figures(data, list(cfg.data.class_names), cfg.tracking.sample_images):
-        run.figure(figure, f"plots/{name}.png")
+    shown = cfg.tracking.sample_images, cfg.tracking.mistake_images
+    for name, figure in trained.figures(data, list(cfg.data.class_names), *shown):
+        run.figure(figure, name)
         plots.close(figure)

@@ -72,7 +72,7 @@ def evaluate_logged_model(model_uri: str, cfg: MnistexpConfig) -> tuple[str, Any
         model_key = run.link_model(str(model_id))
         records.log_evaluation(run, results, list(cfg.data.class_names), model_key)
         figure = plots.confusion_heatmap(results.confusion, list(cfg.data.class_names), results.accuracy)
-        run.figure(figure, "plots/confusion_matrix.png")
+        run.figure(figure, names.CONFUSION_PLOT)
         plots.close(figure)
     return run.run_id, results
 

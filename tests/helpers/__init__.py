@@ -33,6 +33,7 @@ JOB_ARTIFACTS = frozenset(
         "evaluation/confusion_matrix.csv",
         "plots/confusion_matrix.png",
         "plots/sample_predictions.png",
+        "plots/mistakes.png",
         "plots/learning_curves.png",
         "model_summary.txt",
     }
