@@ -27,12 +27,7 @@ _API = frozenset(__all__) - {"MnistexpError"}
 
 
 def __getattr__(name: str) -> Any:
-    """The API's names, imported on first use (PEP 562). `sweep` is the subpackage mnistexp.sweep,
-    made callable (mnistexp/sweep/__init__.py): the same name either way."""
-    if name == "sweep":
-        import mnistexp.sweep
-
-        return mnistexp.sweep
+    """The API's names, imported on first use (PEP 562)."""
     if name in _API:
         from mnistexp import api
 

@@ -132,7 +132,7 @@ def sweep(overrides: Overrides = None, **keys: Any) -> SweepResult:
     """
     from mnistexp.cli.app import run_command
     from mnistexp.cli.main import hide_secrets, read_environment
-    from mnistexp.sweep import callback
+    from mnistexp.multirun import callback
 
     read_environment(os.environ)
     given = hide_secrets(as_overrides(overrides, **keys))
@@ -192,7 +192,7 @@ def runs(
     metric. `parent` takes a sweep's children; else every run of `experiment` (tracking.experiment)."""
     import pandas as pd
 
-    from mnistexp.sweep import tables
+    from mnistexp.multirun import tables
 
     client, cfg = _client(tracking_uri)
     with _said_as_the_command_says():

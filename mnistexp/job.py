@@ -14,8 +14,8 @@ from mnistexp import environment, imports, interrupts
 from mnistexp.config.schema import MnistexpConfig, selection_of
 from mnistexp.config.selection import Selection
 from mnistexp.errors import DataError
+from mnistexp.multirun.handoff import SweepContext
 from mnistexp.pipeline import data as data_lib
-from mnistexp.sweep.handoff import SweepContext
 from mnistexp.tracking import names
 
 log = logging.getLogger("mnistexp")

@@ -116,7 +116,7 @@ def test_every_experiment_composes_and_validates(name):
 @pytest.mark.parametrize("option", sorted(path.stem for path in (REPO_ROOT / "conf" / "hparams_search").glob("*.yaml")))
 def test_every_search_composes_with_mnistexps_sweeper(option):
     cfg = compose([f"hparams_search={option}"], return_hydra_config=True)
-    assert cfg.hydra.sweeper._target_ == "mnistexp.sweep.search.StudySweeper"
+    assert cfg.hydra.sweeper._target_ == "mnistexp.multirun.search.StudySweeper"
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.hydra.sweeper.storage.startswith("sqlite:///") and cfg.hydra.sweeper.storage.endswith("/optuna.db")
     with open_dict(cfg):
@@ -146,7 +146,7 @@ def test_pinned_seed_experiments(compose_cfg, name, hidden_units):
 )
 def test_auto_threads_share_the_cores_among_the_jobs_that_run_at_once(launcher, jobs, expected):
     from mnistexp.environment import available_cores
-    from mnistexp.sweep.callback import threads_per_job
+    from mnistexp.multirun.callback import threads_per_job
 
     cfg = compose(launcher, return_hydra_config=True)
     cores = available_cores()
@@ -269,7 +269,7 @@ def test_a_launcher_mnistexp_does_not_know_shares_the_cores_among_all_the_jobs()
     from omegaconf import OmegaConf
 
     from mnistexp.environment import available_cores
-    from mnistexp.sweep.callback import threads_per_job
+    from mnistexp.multirun.callback import threads_per_job
 
     unknown = OmegaConf.create({"_target_": "somewhere.else.ParallelLauncher", "workers": 8})
     assert threads_per_job(unknown, 4) == max(1, available_cores() // 4)

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 from mnistexp import job
 from mnistexp.config.schema import compose
 from mnistexp.config.validation import validate
+from mnistexp.multirun.fused import fused_groups
 from mnistexp.pipeline import programs
-from mnistexp.sweep.fused import fused_groups
 
 from .helpers import MNISTEXP, MNISTEXP_RUNS, all_runs, clean_env, commands, only_children, signals_as_usual
 from .helpers.data import learnable_npz
@@ -97,7 +97,7 @@ def _member(position: int, key: str | None):
 
 
 def test_groups_keep_the_batch_order_split_at_max_group_and_leave_the_unfusable_alone(monkeypatch):
-    import mnistexp.sweep.fused as fused
+    import mnistexp.multirun.fused as fused
 
     monkeypatch.setattr(fused, "fusion_key", lambda cfg: None if cfg.trainer.engine == "keras_fit" else "same")
     members = [_member(k, key) for k, key in enumerate(("a", "a", None, "a", "fit", "a", "a"))]
@@ -106,7 +106,7 @@ def test_groups_keep_the_batch_order_split_at_max_group_and_leave_the_unfusable_
 
 
 def test_fusion_needs_the_same_data_and_loop_and_nothing_else(compose_cfg):
-    from mnistexp.sweep.fused import fusion_key
+    from mnistexp.multirun.fused import fusion_key
 
     def key(*overrides: str) -> str | None:
         return fusion_key(validate(compose_cfg(*overrides)))

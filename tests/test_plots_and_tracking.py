@@ -147,7 +147,7 @@ def test_a_sweep_whose_end_callback_a_signal_cut_short_is_ended_when_hydra_retur
     from mnistexp import interrupts
     from mnistexp.config.selection import Selection
     from mnistexp.config.validation import validate
-    from mnistexp.sweep import callback as sweep
+    from mnistexp.multirun import callback as sweep
     from mnistexp.tracking import lifecycle
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"

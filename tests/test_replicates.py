@@ -17,9 +17,9 @@ from mnistexp.cli import runs as runs_cli
 from mnistexp.config.schema import group_digest
 from mnistexp.config.selection import Selection
 from mnistexp.config.validation import validate
+from mnistexp.multirun import replicates
+from mnistexp.multirun.tables import Row
 from mnistexp.pipeline import plots
-from mnistexp.sweep import replicates
-from mnistexp.sweep.tables import Row
 
 VAL = Selection("val_accuracy", "max")
 
@@ -213,7 +213,7 @@ def sweep_store(tmp_path):
 
 
 def test_the_sweep_summary_ranks_configurations_and_logs_their_means(sweep_store, compose_cfg):
-    from mnistexp.sweep.summary import finish_parent_run
+    from mnistexp.multirun.summary import finish_parent_run
 
     client, parent = sweep_store["client"], sweep_store["parent"]
     tracking_cfg = validate(compose_cfg(f"tracking.uri={sweep_store['uri']}")).tracking

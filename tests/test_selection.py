@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from mnistexp.cli import runs as runs_cli
 from mnistexp.config.selection import Selection, direction
 from mnistexp.config.validation import ConfigError, validate
-from mnistexp.sweep import tables as summary
+from mnistexp.multirun import tables as summary
 
 pytestmark = pytest.mark.xdist_group("selection-store")  # tests that share this module's fixtures run on one worker
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf, open_dict
 
 from mnistexp.config.schema import compose, config_digest
 from mnistexp.config.validation import validate
-from mnistexp.sweep.callback import sweep_plan
+from mnistexp.multirun.callback import sweep_plan
 
 from .helpers import MNISTEXP, TINY, clean_env, commands, signals_as_usual
 

@@ -20,8 +20,8 @@ from mnistexp.config.hydra_errors import explain
 from mnistexp.config.schema import CONFIG_MODULE, TrackingConfig, register_schema, typed
 from mnistexp.config.validation import validate
 from mnistexp.errors import DataError, SweepStopped, UserError, report, show_tracebacks
-from mnistexp.sweep.callback import end_open_sweeps
-from mnistexp.sweep.handoff import SweepContext
+from mnistexp.multirun.callback import end_open_sweeps
+from mnistexp.multirun.handoff import SweepContext
 from mnistexp.tracking.masking import MaskingFilter
 
 register_schema()
@@ -41,7 +41,7 @@ def _job(cfg: DictConfig) -> float:
         config = progress_for(validate(cfg), console_redraws(sys.stdout))  # one line per epoch in a notebook or log
         from mnistexp.config.schema import selection_of
         from mnistexp.job import train_and_record  # TensorFlow and MLflow load only for a job that will run
-        from mnistexp.sweep.pruning import trial_link
+        from mnistexp.multirun.pruning import trial_link
 
         trial = trial_link(hydra_cfg, selection_of(config).metric, config.trainer.epochs)
         result = train_and_record(config, overrides, sweep, verbose=bool(hydra_cfg.verbose), trial=trial)

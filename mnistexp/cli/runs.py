@@ -19,7 +19,7 @@ from mnistexp.config.selection import MODES, RUN_METRICS
 from mnistexp.config.validation import validate
 from mnistexp.environment import quiet_libraries
 from mnistexp.errors import UserError
-from mnistexp.sweep import tables
+from mnistexp.multirun import tables
 from mnistexp.tracking import names
 from mnistexp.tracking.masking import mask
 
@@ -151,8 +151,8 @@ def _get_run(client: Any, run_id: str) -> Any:
 
 
 def compare_runs(command: Command) -> int:
+    from mnistexp.multirun import replicates
     from mnistexp.pipeline import plots
-    from mnistexp.sweep import replicates
 
     args, client = command.args, command.client()
     experiment = args.experiment or command.cfg.tracking.experiment
@@ -313,7 +313,7 @@ def predict_images(command: Command) -> int:
 def sync_spool(command: Command) -> int:
     """The spool's runs to their server: --tracking-uri, else MLFLOW_TRACKING_URI, else tracking.uri,
     else the server each run was meant for."""
-    from mnistexp.sweep.summary import summarise_again
+    from mnistexp.multirun.summary import summarise_again
     from mnistexp.tracking import store, sync
 
     folder = command.args.spool or Path(command.cfg.tracking.spool_dir)

@@ -22,7 +22,7 @@ imports.seaborn()  # without SciPy, which seaborn only needs for plots mnistexp 
 import seaborn as sns  # noqa: E402
 
 if TYPE_CHECKING:
-    from mnistexp.sweep.replicates import Group
+    from mnistexp.multirun.replicates import Group
 
 
 def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], accuracy: float) -> Figure:

@@ -22,7 +22,7 @@ from mnistexp.tracking.recording import Recording
 if TYPE_CHECKING:
     from mnistexp.config.schema import TrackingConfig
     from mnistexp.config.selection import Selection
-    from mnistexp.sweep.handoff import SweepContext
+    from mnistexp.multirun.handoff import SweepContext
 
 RECORDED_IN_RUN = "mnistexp_run_id"  # set on an exception whose run was ended FAILED with it
 

@@ -176,7 +176,7 @@ def _train_group(group: Sequence[_Member]) -> list[Any]:
     member's JobResult, or the exception that ended it."""
     from mnistexp.cli.main import console_redraws, progress_for, read_environment
     from mnistexp.job import JobSpec, train_and_record_together
-    from mnistexp.sweep.handoff import SweepContext
+    from mnistexp.multirun.handoff import SweepContext
 
     read_environment(os.environ)
     sweep = SweepContext.from_env(os.environ)
@@ -197,7 +197,7 @@ def _train_group(group: Sequence[_Member]) -> list[Any]:
 def _trial_of(member: _Member) -> Any:
     """The member's Optuna trial, from its own Hydra config (each member its own, in one process)."""
     from mnistexp.config.schema import selection_of
-    from mnistexp.sweep.pruning import trial_link
+    from mnistexp.multirun.pruning import trial_link
 
     assert member.cfg is not None
     return trial_link(member.config.hydra, selection_of(member.cfg).metric, member.cfg.trainer.epochs)
@@ -207,7 +207,7 @@ def _member_result(member: _Member, outcome: Any) -> float:
     """What the member's job returns to Hydra, as a job of the basic launcher would: its objective,
     or, for its error, what `mnistexp` does with a sweep job's error (NaN and a FAILED child)."""
     from mnistexp.cli.app import job_failed
-    from mnistexp.sweep.handoff import SweepContext
+    from mnistexp.multirun.handoff import SweepContext
 
     if isinstance(outcome, Exception):
         task_cfg = task_part(member.config)

@@ -20,7 +20,7 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
 
 from mnistexp.errors import UserError, first_line
-from mnistexp.sweep.handoff import TRIAL_ENV
+from mnistexp.multirun.handoff import TRIAL_ENV
 from mnistexp.tracking import names
 from mnistexp.tracking.masking import mask, unmask
 
@@ -45,7 +45,7 @@ class StudySweeper(OptunaSweeper):
       in the queue with its parameters. A trial this process was running when a signal stopped it
       is put back at once.
     - `pruner` (median, hyperband) stops hopeless trials: their jobs report the selection metric
-      after every epoch and ask the pruner (mnistexp.sweep.pruning); the sweeper tells them PRUNED.
+      after every epoch and ask the pruner (mnistexp.multirun.pruning); the sweeper tells them PRUNED.
     - `max_failure_rate`: the study stops once more than this share of this command's trials failed
       (a NaN objective is a failure).
     """
@@ -206,7 +206,7 @@ def tell(study: Any, trial: Any, returned: Any) -> str:
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    from mnistexp.sweep.pruning import Pruned
+    from mnistexp.multirun.pruning import Pruned
 
     try:
         value = returned.return_value  # re-raises the job's exception

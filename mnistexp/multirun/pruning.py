@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnistexp.sweep.handoff import TRIAL_ENV
+from mnistexp.multirun.handoff import TRIAL_ENV
 from mnistexp.tracking import names
 from mnistexp.tracking.masking import unmask
 
@@ -53,7 +53,7 @@ class TrialLink:
         import keras
         import optuna
 
-        from mnistexp.sweep.search import make_storage
+        from mnistexp.multirun.search import make_storage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mnistexp.config.selection import Selection
-from mnistexp.sweep.tables import REPORTED, Row
+from mnistexp.multirun.tables import REPORTED, Row
 
 CONFIDENCE = 0.95
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from mnistexp.config.schema import TrackingConfig
 from mnistexp.config.selection import Selection
-from mnistexp.sweep import replicates
+from mnistexp.multirun import replicates
 from mnistexp.tracking import names
 from mnistexp.tracking.masking import mask
 
@@ -100,7 +100,7 @@ def _children_table(
     """The children, every one ended (with `only_own`, only that command's: another process's are
     still training), plus the runs reused for skipped jobs, as a table best first, and the swept
     keys; sweep/summary.csv and the rule in words go on the parent."""
-    from mnistexp.sweep import tables
+    from mnistexp.multirun import tables
     from mnistexp.tracking import lifecycle
 
     parent = client.get_run(parent_run_id)
@@ -132,7 +132,7 @@ def _log_counts(client: Any, parent_run_id: str, table: list, finished: int) -> 
 def _log_choice(client: Any, parent_run_id: str, table: list, keys: list[str], selection: Selection) -> list[str]:
     """The best configuration (with replicates: groups.csv, means and intervals) or the best run, the
     plots, and the table for the console; returns the report's lines."""
-    from mnistexp.sweep import tables
+    from mnistexp.multirun import tables
 
     metric = selection.metric
     finished = [row for row in table if row.status == "FINISHED" and not math.isnan(row.metric(metric))]
@@ -204,7 +204,7 @@ def _children_rule(client: Any, parent: Any) -> tuple[str, str]:
 
 def _log_best_run(client: Any, parent_run_id: str, best: Any, selection: Selection) -> str:
     """One run per configuration: the best run's figures on the parent; returns the report line."""
-    from mnistexp.sweep import tables
+    from mnistexp.multirun import tables
 
     metric = selection.metric
     client.log_metric(parent_run_id, f"best_{metric}", best.metric(metric))

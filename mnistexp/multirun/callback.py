@@ -19,7 +19,7 @@ from mnistexp.config.schema import TrackingConfig, typed
 from mnistexp.config.selection import Selection
 from mnistexp.environment import available_cores, quiet_libraries
 from mnistexp.errors import SweepStopped, UserError, first_line, report, show_tracebacks
-from mnistexp.sweep.handoff import SweepContext
+from mnistexp.multirun.handoff import SweepContext
 from mnistexp.tracking import names
 from mnistexp.tracking.masking import mask
 
@@ -49,7 +49,7 @@ def sweep_plan(config: DictConfig) -> tuple[list[str], int | None]:
 # Launchers that run a sweep's jobs one after another in this process: each job may use every core.
 ONE_AT_A_TIME = (
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
-    "mnistexp.sweep.fused.FusedLauncher",  # one program at a time, however many jobs it trains
+    "mnistexp.multirun.fused.FusedLauncher",  # one program at a time, however many jobs it trains
 )
 
 
@@ -110,7 +110,7 @@ class MlflowSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         quiet_libraries(bool(config.hydra.verbose))
-        from mnistexp.sweep import search
+        from mnistexp.multirun import search
         from mnistexp.tracking import lifecycle, store
 
         with interrupts.held():  # the parent exists and is known here, or neither
@@ -154,7 +154,7 @@ class MlflowSweep(Callback):
         """One parent run per study, made by the process that created the study and published as the
         study's user attribute; every other process (a later command, a peer started at the same
         time) finds it there and reopens it."""
-        from mnistexp.sweep import search
+        from mnistexp.multirun import search
         from mnistexp.tracking import lifecycle
 
         earlier = study.user_attrs.get(search.PARENT_ATTR)
@@ -179,7 +179,7 @@ class MlflowSweep(Callback):
         still running (then the summary is partial, and the last process to end replaces it)."""
         from mlflow import MlflowClient
 
-        from mnistexp.sweep import search
+        from mnistexp.multirun import search
         from mnistexp.tracking import store
         from mnistexp.tracking.outages import RidingClient
 
@@ -212,7 +212,7 @@ class MlflowSweep(Callback):
                 return
             _open_sweeps.remove(self)
             ended_parents.append(sweep.parent_run_id)
-            from mnistexp.sweep.summary import SweepOutcome, finish_parent_run, owe_summary
+            from mnistexp.multirun.summary import SweepOutcome, finish_parent_run, owe_summary
             from mnistexp.tracking.lifecycle import stop_system_metrics
             from mnistexp.tracking.outages import TrackingOutageError
 

@@ -1,0 +1,1 @@
+"""A multirun's machinery: the Hydra callback (parent run), hand-off, summary, replicates, Optuna, launchers."""
