@@ -108,7 +108,7 @@ def test_an_error_inside_a_run_ends_it_failed_with_the_message_and_traceback(
     def broken_fit(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(train, "fit", broken_fit)
+    monkeypatch.setattr(train, "fit_together", broken_fit)  # what every job trains through
     cfg = compose_cfg(f"data.path={mnist_path}", f"tracking.uri={store}", *TINY)
     with pytest.raises(RuntimeError, match="disk on fire"):
         job.train_and_record(validate(cfg))

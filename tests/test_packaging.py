@@ -29,6 +29,17 @@ def test_every_config_group_is_packaged():
     assert groups <= packaged, groups - packaged
 
 
+_BUILT = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "mlflow.db*", ".pytest_cache", ".hypothesis"
+)
+_RUN_OUTPUTS = {"mlruns", "outputs", "multirun"}  # what runs leave in the checkout's root (mnistexp/multirun is code)
+
+
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    ignored = set(_BUILT(folder, names))
+    return ignored | (_RUN_OUTPUTS & set(names)) if Path(folder) == REPO_ROOT else ignored
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A scratch venv holding only the wheel; the dependencies come from this venv, never downloaded."""
@@ -38,20 +49,7 @@ def installed(tmp_path_factory) -> Path:
         REPO_ROOT,
         source,
         symlinks=True,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "build",
-            "dist",
-            "*.egg-info",
-            "__pycache__",
-            "mlruns",
-            "mlflow.db*",
-            "outputs",
-            "multirun",
-            ".pytest_cache",
-            ".hypothesis",
-        ),
+        ignore=_not_sources,
     )
     subprocess.run(
         [

@@ -56,7 +56,12 @@ def check_server_store(url: str, artifacts: Path | None) -> None:
         assert child.info.status == "FINISHED" and child.data.metrics["test_accuracy"] > 0.3
         assert len(client.get_metric_history(child.info.run_id, "loss")) == 1
         paths = {item.path for item in client.list_artifacts(child.info.run_id, "plots")}
-        assert paths == {"plots/confusion_matrix.png", "plots/sample_predictions.png", "plots/learning_curves.png"}
+        assert paths == {
+            "plots/confusion_matrix.png",
+            "plots/sample_predictions.png",
+            "plots/learning_curves.png",
+            "plots/mistakes.png",
+        }
     assert {item.path for item in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/summary.csv"}
     if artifacts is not None:  # the server stored them in its own artifact store, not the client's disk
         assert any(artifacts.rglob("confusion_matrix.png"))
