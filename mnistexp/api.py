@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -91,11 +90,11 @@ def run(overrides: Overrides = None, **keys: Any) -> RunResult:
     >>> result = mnistexp.run(["model.hidden_units=100", "trainer.epochs=2"])
     >>> result.metrics["test_accuracy"], result.run_id
     """
-    from mnistexp.cli.main import console_redraws, hide_secrets, progress_for, read_environment
+    from mnistexp.cli.main import console_redraws, hide_secrets, progress_for, read_job_environment
     from mnistexp.config.schema import hydra_config_set, task_part
     from mnistexp.config.validation import validate
 
-    read_environment(os.environ)
+    read_job_environment()
     given = hide_secrets(as_overrides(overrides, **keys))
     composed = _composed(given)
     with _said_as_the_command_says(), hydra_config_set(composed), _console_log():
@@ -131,15 +130,14 @@ def sweep(overrides: Overrides = None, **keys: Any) -> SweepResult:
     >>> result.groups   # one row per hidden size: n, mean ± interval, vs_best
     """
     from mnistexp.cli.app import run_command
-    from mnistexp.cli.main import hide_secrets, read_environment
+    from mnistexp.cli.main import command_environment_kept, hide_secrets, read_job_environment
     from mnistexp.multirun import callback
 
-    read_environment(os.environ)
+    read_job_environment()
     given = hide_secrets(as_overrides(overrides, **keys))
     ended = len(callback.ended_parents)
     said = io.StringIO()
-    kept = _environment_kept("HYDRA_FULL_ERROR", "MNISTEXP_FULL_ERROR")
-    with kept, _argv(["mnistexp", "-m", *given]), _tee_stderr(said):
+    with command_environment_kept(), _argv(["mnistexp", "-m", *given]), _tee_stderr(said):
         status = run_command()  # the command's own Hydra app: parses -m and the overrides from sys.argv
     prefix = "mnistexp: error: "
     lines = [line.removeprefix(prefix) for line in said.getvalue().splitlines() if line.startswith(prefix)]
@@ -320,20 +318,6 @@ def _argv(argv: list[str]) -> Iterator[None]:
         yield
     finally:
         sys.argv = before
-
-
-@contextlib.contextmanager
-def _environment_kept(*keys: str) -> Iterator[None]:
-    """The command sets these for Hydra and its workers; the caller's process gets its own back."""
-    before = {key: os.environ.get(key) for key in keys}
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class _Tee(io.TextIOBase):

@@ -20,7 +20,7 @@ from mnistexp.config.validation import validate
 from mnistexp.multirun.fused import fused_groups
 from mnistexp.pipeline import programs
 
-from .helpers import MNISTEXP, MNISTEXP_RUNS, all_runs, clean_env, commands, only_children, signals_as_usual
+from .helpers import MNISTEXP, MNISTEXP_RUNS, all_runs, clean_env, commands, only_children, signal_at_phase
 from .helpers.data import learnable_npz
 
 # Small jobs on the test's own arrays: two epochs, a validation split, no model file.
@@ -223,29 +223,9 @@ def test_a_signal_ends_every_member_killed_with_its_finished_epochs(tmp_path, si
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data = learnable_npz(tmp_path / "toy.npz")
     args = ["-m", "hydra/launcher=fused", "model.hidden_units=0,16", "seed=0,1", *SMALL]
-    process = subprocess.Popen(
-        [MNISTEXP, *args, f"data.path={data}", f"tracking.uri={store}"],
-        cwd=tmp_path,
-        env=clean_env(PYTHONUNBUFFERED="1", MNISTEXP_TEST_PAUSE_AT="training@2"),  # the group's second epoch
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **signals_as_usual(),
-    )
-    seen = []
-    try:
-        for line in process.stdout:
-            seen.append(line)
-            if line.strip() == "mnistexp-phase: training@2":
-                break
-        process.send_signal(signum)
-        seen.extend(process.stdout)
-        process.wait(timeout=180)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    output = "".join(seen)
-    assert process.returncode == 128 + signum, output[-3000:]
+    command = [MNISTEXP, *args, f"data.path={data}", f"tracking.uri={store}"]
+    returncode, output = signal_at_phase(command, tmp_path, clean_env(), "training@2", signum)  # the group's 2nd epoch
+    assert returncode == 128 + signum, output[-3000:]
     parent, children = only_children(MlflowClient(store))
     assert parent.info.status == "KILLED" and len(children) == 4, output[-3000:]
     for child in children:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 from dataclasses import dataclass
 
 import pytest
 from mlflow import MlflowClient
 
-from .helpers import MNISTEXP, all_runs, clean_env, signals_as_usual
+from .helpers import MNISTEXP, all_runs, clean_env, signal_at_phase
 
 pytestmark = pytest.mark.slow
 
@@ -54,32 +53,9 @@ MOMENTS = [
 @pytest.mark.parametrize("moment", MOMENTS, ids=[moment.name for moment in MOMENTS])
 def test_a_signal_at_any_moment_leaves_no_run_running_and_the_parent_killed(tmp_path, mnist_path, moment):
     signum = signal.SIGINT if MOMENTS.index(moment) % 2 == 0 else signal.SIGTERM
-    process = subprocess.Popen(
-        [MNISTEXP, *SWEEP],
-        cwd=tmp_path,
-        env=clean_env(MNISTEXP_DATA=str(mnist_path), PYTHONUNBUFFERED="1", MNISTEXP_TEST_PAUSE_AT=moment.phase),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **signals_as_usual(),
-    )
-    seen: list[str] = []
-    marker = f"mnistexp-phase: {moment.phase if '@' in moment.phase else moment.phase + '@1'}"
-    try:
-        for line in process.stdout:
-            seen.append(line)
-            if line.strip() == marker:  # mnistexp is at that moment, waiting
-                break
-        assert process.poll() is None, "".join(seen)[-3000:]
-        process.send_signal(signum)
-        seen.extend(process.stdout)
-        process.wait(timeout=180)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    output = "".join(seen)
-    assert marker in output, output[-3000:]
-    assert process.returncode == 128 + signum, output[-3000:]
+    env = clean_env(MNISTEXP_DATA=str(mnist_path))
+    returncode, output = signal_at_phase([MNISTEXP, *SWEEP], tmp_path, env, moment.phase, signum)
+    assert returncode == 128 + signum, output[-3000:]
     assert f"stopped by {signal.Signals(signum).name}" in output and "Traceback" not in output, output[-3000:]
     store = tmp_path / "mlflow.db"
     runs = all_runs(MlflowClient(f"sqlite:///{store}")) if store.exists() else []

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from .helpers import MNISTEXP, clean_env, commands, only_children, signals_as_usual
+from .helpers import MNISTEXP, clean_env, commands, only_children, signal_at_phase
 from .helpers.data import learnable_npz
 
 pytestmark = [pytest.mark.slow]
@@ -54,28 +54,8 @@ def states(storage: str, name: str = "mnistexp-search") -> list[str]:
 def test_a_study_killed_during_a_trial_and_resumed_ends_with_n_trials_complete(tmp_path, signum):
     storage, client = f"sqlite:///{tmp_path / 'optuna.db'}", MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     command = study_command(tmp_path, 4)
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=clean_env(PYTHONUNBUFFERED="1", MNISTEXP_TEST_PAUSE_AT="training@5"),  # trial 3's first epoch
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **signals_as_usual(),
-    )
-    seen = []
-    try:
-        for line in process.stdout:  # type: ignore[union-attr]
-            seen.append(line)
-            if line.strip() == "mnistexp-phase: training@5":
-                break
-        process.send_signal(signum)
-        seen.extend(process.stdout)  # type: ignore[arg-type]
-        process.wait(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 128 + signum, "".join(seen)[-3000:]
+    returncode, output = signal_at_phase(command, tmp_path, clean_env(), "training@5", signum)  # trial 3's 1st epoch
+    assert returncode == 128 + signum, output[-3000:]
     assert states(storage) == ["COMPLETE", "COMPLETE", "FAIL", "WAITING"]  # the cut trial, back in the queue
 
     again = commands.run(*command, cwd=tmp_path, timeout=600)

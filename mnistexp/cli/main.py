@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
@@ -17,6 +18,7 @@ from mnistexp.tracking import masking
 
 if TYPE_CHECKING:
     from mnistexp.config.schema import MnistexpConfig
+    from mnistexp.multirun.handoff import SweepContext
 
 TRACEBACKS_ENV = "MNISTEXP_FULL_ERROR"  # the user's HYDRA_FULL_ERROR, for the jobs of worker processes
 
@@ -66,6 +68,31 @@ def progress_for(cfg: MnistexpConfig, redraws: bool) -> MnistexpConfig:
     if cfg.trainer.verbose != 1 or redraws:
         return cfg
     return replace(cfg, trainer=replace(cfg.trainer, verbose=2))
+
+
+def read_job_environment() -> SweepContext | None:
+    """What this process's environment gives a job (a worker's own, a fused member's, the API's):
+    mnistexp's inputs read, and the sweep the callback handed to it (None outside a sweep)."""
+    from mnistexp.multirun.handoff import SweepContext
+
+    read_environment(os.environ)
+    return SweepContext.from_env(os.environ)
+
+
+@contextlib.contextmanager
+def command_environment_kept() -> Iterator[None]:
+    """The command sets HYDRA_FULL_ERROR and TRACEBACKS_ENV for Hydra and its workers; a caller that
+    runs the command in its own process (the Python API) gets its own values back."""
+    keys = ("HYDRA_FULL_ERROR", TRACEBACKS_ENV)
+    before = {key: os.environ.get(key) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def read_environment(environ: Mapping[str, str]) -> None:

@@ -174,12 +174,10 @@ def _validated(config: DictConfig) -> MnistexpConfig | None:
 def _train_group(group: Sequence[_Member]) -> list[Any]:
     """Every member trained and recorded as one program (in the innermost member's job): each
     member's JobResult, or the exception that ended it."""
-    from mnistexp.cli.main import console_redraws, progress_for, read_environment
+    from mnistexp.cli.main import console_redraws, progress_for, read_job_environment
     from mnistexp.job import JobSpec, train_and_record_together
-    from mnistexp.multirun.handoff import SweepContext
 
-    read_environment(os.environ)
-    sweep = SweepContext.from_env(os.environ)
+    sweep = read_job_environment()
     for member in group:
         member.trial = _trial_of(member)
     label = "jobs " + ",".join(str(member.config.hydra.job.num) for member in group)  # unique in its sweep
@@ -207,10 +205,10 @@ def _member_result(member: _Member, outcome: Any) -> float:
     """What the member's job returns to Hydra, as a job of the basic launcher would: its objective,
     or, for its error, what `mnistexp` does with a sweep job's error (NaN and a FAILED child)."""
     from mnistexp.cli.app import job_failed
-    from mnistexp.multirun.handoff import SweepContext
+    from mnistexp.cli.main import read_job_environment
 
     if isinstance(outcome, Exception):
         task_cfg = task_part(member.config)
-        return job_failed(task_cfg, member.overrides, SweepContext.from_env(os.environ), True, outcome)
+        return job_failed(task_cfg, member.overrides, read_job_environment(), True, outcome)
     trial = member.trial
     return float(outcome.objective) if trial is None else trial.returned(outcome.objective)

@@ -61,15 +61,8 @@ def finish_parent_run(
     interrupted = interrupts.settle() is not None or interrupted  # a later signal changes nothing
     by_id = {run.info.run_id: run for run in ended}
     mine = [row for row in table if own is None or _command_of(by_id.get(row.run_id)) == own]
-    if partial:
-        note = (
-            f"partial: {elsewhere} trial(s) still running in other processes; the last one to end replaces this summary"
-        )
-        client.set_tag(parent_run_id, names.PARTIAL_SUMMARY_TAG, note)
-        report.append(f"summary {note}")
-        return SweepOutcome("\n".join(report), _failures(mine, by_id))
-    if names.PARTIAL_SUMMARY_TAG in client.get_run(parent_run_id).data.tags:
-        client.delete_tag(parent_run_id, names.PARTIAL_SUMMARY_TAG)
+    if _mark_partial(client, parent_run_id, elsewhere if partial else 0, report):
+        return SweepOutcome("\n".join(report), _failures(mine, by_id))  # the parent stays RUNNING for the last
     statuses = [row.status for row in mine]
     status = (
         "KILLED"
@@ -80,6 +73,19 @@ def finish_parent_run(
     )
     client.set_terminated(parent_run_id, status)
     return SweepOutcome("\n".join(report), _failures(mine, by_id))
+
+
+def _mark_partial(client: Any, parent_run_id: str, elsewhere: int, report: list[str]) -> bool:
+    """Tag the summary partial while `elsewhere` trials still run in other processes (True), or take
+    an earlier partial tag away (False): the summary is then the whole study's."""
+    if elsewhere:
+        note = f"partial: {elsewhere} trial(s) still running in other processes; the last one to end replaces it"
+        client.set_tag(parent_run_id, names.PARTIAL_SUMMARY_TAG, note)
+        report.append(f"summary {note}")
+        return True
+    if names.PARTIAL_SUMMARY_TAG in client.get_run(parent_run_id).data.tags:
+        client.delete_tag(parent_run_id, names.PARTIAL_SUMMARY_TAG)
+    return False
 
 
 def _failures(rows: list, by_id: dict[str, Any]) -> list[str]:

@@ -65,3 +65,34 @@ def signals_as_usual() -> dict:
     import signal
 
     return {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)}
+
+
+def signal_at_phase(command: list[str], cwd: Path, env: dict[str, str], phase: str, signum: int) -> tuple[int, str]:
+    """Run `command` until mnistexp says it waits at `phase` (MNISTEXP_TEST_PAUSE_AT, `name@count`),
+    send it `signum`, and return its exit status and everything it printed."""
+    import subprocess
+
+    marker = f"mnistexp-phase: {phase if '@' in phase else phase + '@1'}"
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env={**env, "PYTHONUNBUFFERED": "1", "MNISTEXP_TEST_PAUSE_AT": phase},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **signals_as_usual(),
+    )
+    seen: list[str] = []
+    try:
+        for line in process.stdout:  # type: ignore[union-attr]
+            seen.append(line)
+            if line.strip() == marker:  # mnistexp is at that moment, waiting
+                break
+        assert process.poll() is None and marker in "".join(seen), "".join(seen)[-3000:]
+        process.send_signal(signum)
+        seen.extend(process.stdout)  # type: ignore[arg-type]
+        process.wait(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, "".join(seen)
