@@ -47,9 +47,11 @@ def loaded_for_good(*modules: str) -> Iterator[None]:
 def tensorflow(verbose: bool) -> None:
     """TensorFlow and Keras, their start-up lines silenced unless `verbose`. Keras imports
     scikit-learn, when it is installed (MLflow brings it), for wrappers mnistexp never uses:
-    a second of every run (BENCHMARKS.md), refused here (Keras then behaves as if it were missing)."""
+    a second of every run (BENCHMARKS.md), refused here (Keras then behaves as if it were missing).
+    TensorFlow Lite imports JAX, when it is installed (the bench extra), for a converter mnistexp
+    never calls: refused too (TFLite then does without it)."""
     quiet_libraries(verbose)
-    with refused("sklearn"), stderr_silenced(not verbose), loaded_for_good("keras", "tensorflow"):
+    with refused("sklearn", "jax"), stderr_silenced(not verbose), loaded_for_good("keras", "tensorflow"):
         import keras  # noqa: F401  (Keras 3 registers its TensorFlow backend on import)
         import tensorflow as tf
     if not verbose:
