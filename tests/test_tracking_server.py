@@ -146,15 +146,17 @@ def test_past_the_grace_runs_wait_in_the_spool_and_sync_delivers_them_once(serve
 AUTH_PASSWORD = "a-long-admin-password"
 
 
-@pytest.fixture
-def auth_server(tmp_path):
-    config = tmp_path / "basic_auth.ini"
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    """One basic-auth server for the module's tests (xdist_group "auth-server"): each starts in seconds."""
+    folder = tmp_path_factory.mktemp("auth_server")
+    config = folder / "basic_auth.ini"
     config.write_text(
         "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\nadmin_password = {AUTH_PASSWORD}\n"
+        f"database_uri = sqlite:///{folder / 'auth.db'}\nadmin_username = admin\nadmin_password = {AUTH_PASSWORD}\n"
     )
     env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
-    made = Server(tmp_path, "--app-name", "basic-auth", env=env)
+    made = Server(folder, "--app-name", "basic-auth", env=env)
     made.start()
     created = requests.post(
         f"{made.url}/api/2.0/mlflow/users/create",
@@ -175,6 +177,18 @@ TINY_RUN = [
 ]
 
 
+def experiments_on(server: Server) -> list[dict]:
+    """Every experiment on the server, as its admin sees them (with their last update times)."""
+    listed = requests.get(
+        f"{server.url}/api/2.0/mlflow/experiments/search",
+        params={"max_results": 100},
+        auth=("admin", AUTH_PASSWORD),
+        timeout=30,
+    ).json()
+    return listed.get("experiments", [])
+
+
+@pytest.mark.xdist_group("auth-server")
 @pytest.mark.parametrize("credentials", [None, ("alice", "wrong-password-1234")], ids=["none", "wrong"])
 def test_an_authenticated_server_refuses_a_client_without_good_credentials_in_one_line(
     auth_server, tmp_path, mnist_path, credentials
@@ -182,19 +196,15 @@ def test_an_authenticated_server_refuses_a_client_without_good_credentials_in_on
     env = {"MLFLOW_TRACKING_URI": auth_server.url, "MNISTEXP_DATA": str(mnist_path)}
     if credentials:
         env.update(MLFLOW_TRACKING_USERNAME=credentials[0], MLFLOW_TRACKING_PASSWORD=credentials[1])
+    before = experiments_on(auth_server)
     done = commands.run(MNISTEXP, *TINY_RUN, cwd=tmp_path, env=clean_env(**env), timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     [line] = [line for line in done.stderr.splitlines() if line.startswith("mnistexp: error: ")]
     assert auth_server.url in line and "refused our credentials (HTTP 401)" in line
-    listed = requests.get(
-        f"{auth_server.url}/api/2.0/mlflow/experiments/search",
-        params={"max_results": 100},
-        auth=("admin", AUTH_PASSWORD),
-        timeout=30,
-    ).json()
-    assert [experiment["name"] for experiment in listed.get("experiments", [])] == ["Default"]  # nothing written
+    assert experiments_on(auth_server) == before  # the module's server is shared: nothing written by this client
 
 
+@pytest.mark.xdist_group("auth-server")
 def test_an_authenticated_server_serves_runs_sweeps_and_the_runs_command(auth_server, tmp_path, mnist_path):
     env = clean_env(
         MLFLOW_TRACKING_URI=auth_server.url,
