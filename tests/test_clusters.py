@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from .helpers import MNISTEXP, REPO_ROOT, TINY, all_runs, clean_env, commands, only_children
-from .helpers.sockets import SocketWatch, process_tree
+from .helpers.sockets import SocketWatch
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time: their default ports clash
 
@@ -43,6 +43,32 @@ def sourced(env_file: Path) -> dict[str, str]:
 
 def sweep(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return commands.run(MNISTEXP, "-m", *args, cwd=workdir, env=env, timeout=900)
+
+
+def test_a_sweep_on_ray_started_inside_the_process_stays_on_loopback(tmp_path, mnist_path):
+    """The README's first Ray command, as a user types it (no Ray settings in the environment): every
+    socket of the driver and of every process Ray starts, TCP and UDP, polled for the whole sweep.
+    First in the module: the Ray head below is started by the next test and stays up to the module's
+    end, and two Rays on one machine of two cores slow each other down several times."""
+    home = tmp_path / "home"  # Ray writes ~/.ray/auth_token when it has to make its own token
+    home.mkdir()
+    process = subprocess.Popen(
+        [MNISTEXP, "-m", "hydra/launcher=ray", "model.hidden_units=0,16,32", *TINY],
+        cwd=tmp_path,
+        env=clean_env(MNISTEXP_DATA=str(mnist_path), HOME=str(home)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    with SocketWatch(root=process.pid) as sockets:
+        output = process.communicate(timeout=900)[0]
+    assert process.returncode == 0, output[-4000:]
+    assert len(sockets.seen) >= 5  # the watch saw Ray's servers at all
+    assert sockets.off_loopback == []
+    assert not (home / ".ray").exists()  # the token was the sweep's own, not ~/.ray/auth_token
+    parent, children = only_children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert parent.info.status == "FINISHED" and len(children) == 3
+    assert all(child.info.status == "FINISHED" for child in children)
 
 
 @pytest.fixture(scope="module")
@@ -102,30 +128,6 @@ def test_a_job_that_raises_on_ray_is_a_failed_child_and_the_sweep_exits_1(ray_he
         "16": "FINISHED",
     }
     assert parent.info.status == "FAILED"
-
-
-def test_a_sweep_on_ray_started_inside_the_process_stays_on_loopback(tmp_path, mnist_path):
-    """The README's first Ray command, as a user types it (no Ray settings in the environment): every
-    socket of the driver and of every process Ray starts, TCP and UDP, polled for the whole sweep."""
-    home = tmp_path / "home"  # Ray writes ~/.ray/auth_token when it has to make its own token
-    home.mkdir()
-    process = subprocess.Popen(
-        [MNISTEXP, "-m", "hydra/launcher=ray", "model.hidden_units=0,16,32", *TINY],
-        cwd=tmp_path,
-        env=clean_env(MNISTEXP_DATA=str(mnist_path), HOME=str(home)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    with SocketWatch(lambda pids, line: bool(pids & process_tree(process.pid))) as sockets:
-        output = process.communicate(timeout=900)[0]
-    assert process.returncode == 0, output[-4000:]
-    assert len(sockets.seen) >= 5  # the watch saw Ray's servers at all
-    assert sockets.off_loopback == []
-    assert not (home / ".ray").exists()  # the token was the sweep's own, not ~/.ray/auth_token
-    parent, children = only_children(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
-    assert parent.info.status == "FINISHED" and len(children) == 3
-    assert all(child.info.status == "FINISHED" for child in children)
 
 
 @pytest.fixture(scope="module")

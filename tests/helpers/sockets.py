@@ -31,12 +31,13 @@ class SocketWatch:
     """Every TCP and UDP socket of the watched processes, polled with `ss` while the block runs (not one
     snapshot at its end): `off_loopback` lists those bound or connected anywhere but loopback.
 
-    `watched(pids, line)` says whether an `ss -p` line belongs to the processes of interest."""
+    `watched(pids, line)` says whether an `ss -p` line belongs to the processes of interest; or `root`,
+    a process whose whole tree is watched (read from /proc once a poll, not once a line)."""
 
-    def __init__(self, watched, interval: float = 0.05) -> None:
+    def __init__(self, watched=None, interval: float = 0.05, root: int | None = None) -> None:
         import threading
 
-        self.watched, self.interval = watched, interval
+        self.watched, self.interval, self.root = watched, interval, root
         self.seen: set[tuple[str, str, str]] = set()
         self.off_loopback: list[str] = []
         self._stop = threading.Event()
@@ -56,9 +57,10 @@ class SocketWatch:
 
         while not self._stop.is_set():
             lines = subprocess.run(["ss", "-Htuanp"], capture_output=True, text=True).stdout.splitlines()
+            tree = process_tree(self.root) if self.root is not None else set()
             for line in lines:
                 pids = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
-                if not self.watched(pids, line):
+                if not (pids & tree if self.root is not None else self.watched(pids, line)):
                     continue
                 kind, _, _, _, local, peer = line.split()[:6]
                 self.seen.add((kind, local, peer))
