@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([_measure(trainer, int(hidden), settings) for hidden in hiddens.split(",")]))
         return 0
     if args.gemm_worker:
-        print(json.dumps(_gemm_rates()))
+        print(json.dumps(_gemm_rates(args.quick)))
         return 0
 
     unknown = sorted(set(args.trainers) - set(TRAINERS))
@@ -282,7 +282,7 @@ def _step_gemms(hidden: int, batch: int) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def _gemm_rates() -> dict:
+def _gemm_rates(quick: bool) -> dict:
     """In a worker process: float32 GEMM rates (NumPy's BLAS) on one core and on every core, at the
     shapes of a batch-32 training step of models A and B, and at a large square shape."""
     import time
@@ -290,7 +290,7 @@ def _gemm_rates() -> dict:
     import numpy as np
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    def rate(shapes: list[tuple[int, int, int]], seconds: float = 0.5) -> float:
+    def rate(shapes: list[tuple[int, int, int]], seconds: float) -> float:
         rng = np.random.default_rng(0)
         pairs = [(rng.random((m, k), np.float32), rng.random((k, n), np.float32)) for m, k, n in shapes]
         flops = sum(2 * m * k * n for m, k, n in shapes)
@@ -305,12 +305,13 @@ def _gemm_rates() -> dict:
 
     rates = {}
     cores = len(os.sched_getaffinity(0))
+    timed = 0.1 if quick else 0.5  # --quick shows that the rates are measured, not what they are
     for threads in sorted({1, cores}):
         with threadpool_limits(threads):
             rates[f"{threads}"] = {
-                "step_A": rate(_step_gemms(0, 32)),
-                "step_B": rate(_step_gemms(100, 32)),
-                "large": rate([(2048, 2048, 2048)], seconds=1.0),
+                "step_A": rate(_step_gemms(0, 32), timed),
+                "step_B": rate(_step_gemms(100, 32), timed),
+                "large": rate([(2048, 2048, 2048)], 2 * timed),
             }
     blas = threadpool_info()[0] if threadpool_info() else {}
     return {
@@ -597,7 +598,7 @@ def _training_table(rows: list[dict], settings: dict) -> str:
         if "seconds" not in row:
             lines.append(f"| {row['model']} | {row['label']} | - | - | - | - | {row.get('error') or row['skipped']} |")
             continue
-        ours = by_key[(row["hidden"], "mnistexp")]
+        ours = by_key.get((row["hidden"], "mnistexp"), {})  # absent when --trainers leaves mnistexp out
         versus = (
             ""
             if row["trainer"] == "mnistexp" or "seconds" not in ours
