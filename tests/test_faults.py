@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from mnistexp.config.validation import validate
 
-from .helpers import MNISTEXP, TINY, clean_env, commands, signals_as_usual
+from .helpers import MNISTEXP, MNISTEXP_RUNS, TINY, clean_env, commands, signals_as_usual
 
 pytestmark = pytest.mark.slow  # a subprocess per run on the MNIST file (the full suite)
 
@@ -175,9 +175,8 @@ def test_processes_opening_a_new_store_at_the_same_instant_all_succeed(tmp_path)
         ]
 
 
-def test_the_runs_command_names_an_unreachable_store():
-    runs = str(Path(MNISTEXP).parent / "mnistexp-runs")
-    done = commands.run(runs, "--tracking-uri", "http://127.0.0.1:9", "compare", timeout=60)
+def test_the_runs_command_names_an_unreachable_store(tmp_path):
+    done = commands.run_here(MNISTEXP_RUNS, "--tracking-uri", "http://127.0.0.1:9", "compare", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert (
         done.stderr.strip()
@@ -187,21 +186,25 @@ def test_the_runs_command_names_an_unreachable_store():
 
 
 def test_the_runs_command_names_a_missing_run(tmp_path):
-    runs = str(Path(MNISTEXP).parent / "mnistexp-runs")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = commands.run(runs, "--tracking-uri", store, "reproduce", "0" * 32, timeout=120)
+    done = commands.run_here(MNISTEXP_RUNS, "--tracking-uri", store, "reproduce", "0" * 32, cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"no run {'0' * 32} in {store}" in done.stderr
 
 
 def test_evaluate_says_a_bad_data_file_in_one_line_before_loading_anything(tmp_path):
-    runs = str(Path(MNISTEXP).parent / "mnistexp-runs")
     images_only = tmp_path / "images_only.npz"
     np.savez(images_only, x_test=np.zeros((3, 28, 28), np.uint8))
     store = tmp_path / "mlflow.db"
     model = f"runs:/{'0' * 32}/model"
-    done = commands.run(
-        runs, "--tracking-uri", f"sqlite:///{store}", "evaluate", model, f"data.path={images_only}", timeout=120
+    done = commands.run_here(
+        MNISTEXP_RUNS,
+        "--tracking-uri",
+        f"sqlite:///{store}",
+        "evaluate",
+        model,
+        f"data.path={images_only}",
+        cwd=tmp_path,
     )
     assert done.returncode == 2
     # Only the line: no TensorFlow start-up notice before it, no model looked for.

@@ -43,8 +43,10 @@ def sweep(tmp_path_factory, mnist_path):
 
 
 def runs_command(sweep, *args: str) -> subprocess.CompletedProcess:
-    return commands.run(
-        MNISTEXP_RUNS, "--tracking-uri", sweep["uri"], *args, cwd=sweep["workdir"], env=sweep["env"], timeout=600
+    """`mnistexp-runs --tracking-uri STORE ARGS`, in this process: what is tested here is what the
+    command does to the registry and the data, not its process (TensorFlow then loads once a module)."""
+    return commands.run_here(
+        MNISTEXP_RUNS, "--tracking-uri", sweep["uri"], *args, cwd=sweep["workdir"], env=sweep["env"]
     )
 
 

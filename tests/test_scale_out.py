@@ -69,17 +69,8 @@ def check_server_store(url: str, artifacts: Path | None) -> None:
 
 def register_best(uri: str, workdir: Path, parent_run_id: str, version: int) -> None:
     """`mnistexp-runs register --best` against this store: version `version` of `digits`, the champion."""
-    done = commands.run(
-        MNISTEXP_RUNS,
-        "--tracking-uri",
-        uri,
-        "register",
-        "--best",
-        parent_run_id,
-        "digits",
-        cwd=workdir,
-        env=clean_env(),
-        timeout=300,
+    done = commands.run_here(
+        MNISTEXP_RUNS, "--tracking-uri", uri, "register", "--best", parent_run_id, "digits", cwd=workdir
     )
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(uri)

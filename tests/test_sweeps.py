@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,12 @@ from mnistexp.config.schema import compose, config_digest
 from mnistexp.config.validation import validate
 from mnistexp.multirun.callback import sweep_plan
 
-from .helpers import MNISTEXP, TINY, clean_env, commands, signals_as_usual
+from .helpers import MNISTEXP, MNISTEXP_RUNS, TINY, clean_env, commands, signals_as_usual
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.xdist_group("grid"),
 ]  # a subprocess per run on the MNIST file (the full suite)
-
-RUNS = str(Path(sys.executable).parent / "mnistexp-runs")
 
 
 def runs_in(uri: str) -> list:
@@ -103,8 +100,8 @@ def test_the_parent_summarises_its_children_chosen_on_validation(grid):
 def test_compare_prints_the_children_best_first(grid, tmp_path):
     parents, children = split(runs_in(grid["uri"]))
     plot = tmp_path / "accuracy.png"
-    done = commands.run(
-        RUNS,
+    done = commands.run_here(
+        MNISTEXP_RUNS,
         "--tracking-uri",
         grid["uri"],
         "compare",
@@ -112,6 +109,7 @@ def test_compare_prints_the_children_best_first(grid, tmp_path):
         parents[0].info.run_id,
         "--plot",
         str(plot),
+        cwd=tmp_path,
         env=grid["env"],
     )
     assert done.returncode == 0, done.stderr
@@ -135,7 +133,13 @@ def test_reproduce_gives_identical_metrics_in_a_new_tagged_run(grid):
     _, children = split(runs_in(grid["uri"]))
     original = next(c for c in children if c.data.params["model.hidden_units"] == "16")
     done = commands.run(
-        RUNS, "--tracking-uri", grid["uri"], "reproduce", original.info.run_id, cwd=grid["workdir"], env=grid["env"]
+        MNISTEXP_RUNS,
+        "--tracking-uri",
+        grid["uri"],
+        "reproduce",
+        original.info.run_id,
+        cwd=grid["workdir"],
+        env=grid["env"],
     )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "test_accuracy" in done.stdout and "NO" not in done.stdout
@@ -162,7 +166,15 @@ def test_reproduce_on_other_data_exits_1_and_says_the_data_differs(tmp_path, mni
     [original] = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("mnistexp").experiment_id])
     arrays["x_test"] = np.roll(arrays["x_test"], 3, axis=2)  # the same labels, images moved 3 pixels right
     np.savez(data, **arrays)
-    done = commands.run(RUNS, "--tracking-uri", store, "reproduce", original.info.run_id, cwd=tmp_path, env=clean_env())
+    done = commands.run(
+        MNISTEXP_RUNS,
+        "--tracking-uri",
+        store,
+        "reproduce",
+        original.info.run_id,
+        cwd=tmp_path,
+        env=clean_env(),
+    )
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
     table = {line.split()[0]: line.split()[-1] for line in done.stdout.splitlines() if line.startswith("test_")}
     assert table["test_accuracy"] == "NO"
@@ -192,8 +204,8 @@ def test_the_pinned_hidden_sweep_runs_as_a_multirun(tmp_path, mnist_path):
 def test_pin_writes_an_experiment_that_the_working_directory_finds_first(grid, tmp_path, monkeypatch):
     _, children = split(runs_in(grid["uri"]))
     original = children[0]
-    pin = [RUNS, "--tracking-uri", grid["uri"], "pin", original.info.run_id, "seed_hidden_100"]
-    done = commands.run(*pin, env=grid["env"], cwd=tmp_path)
+    pin = [MNISTEXP_RUNS, "--tracking-uri", grid["uri"], "pin", original.info.run_id, "seed_hidden_100"]
+    done = commands.run_here(*pin, env=grid["env"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "experiments" / "seed_hidden_100.yaml").is_file()
     monkeypatch.chdir(tmp_path)  # ./experiments/seed_hidden_100.yaml shadows the packaged one of that name

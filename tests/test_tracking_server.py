@@ -127,7 +127,7 @@ def test_past_the_grace_runs_wait_in_the_spool_and_sync_delivers_them_once(serve
     server.start()
 
     sync = [MNISTEXP_RUNS, "--tracking-uri", server.url, "sync"]
-    first = commands.run(*sync, cwd=tmp_path, timeout=600)
+    first = commands.run_here(*sync, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "synced 2 runs" in first.stdout
     assert_complete(server.url, jobs=2)
@@ -135,7 +135,7 @@ def test_past_the_grace_runs_wait_in_the_spool_and_sync_delivers_them_once(serve
     before = {
         run.info.run_id: len(client.get_metric_history(run.info.run_id, "loss")) for run in only_children(client)[1]
     }
-    again = commands.run(*sync, cwd=tmp_path, timeout=600)
+    again = commands.run_here(*sync, cwd=tmp_path)
     assert again.returncode == 0 and "nothing to sync" in again.stdout
     assert before == {
         run.info.run_id: len(client.get_metric_history(run.info.run_id, "loss")) for run in only_children(client)[1]
@@ -214,7 +214,7 @@ def test_an_authenticated_server_serves_runs_sweeps_and_the_runs_command(auth_se
     )
     sweep = commands.run(MNISTEXP, "-m", "model.hidden_units=0,16", *TINY_RUN, cwd=tmp_path, env=env, timeout=600)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
-    compared = commands.run(MNISTEXP_RUNS, "compare", cwd=tmp_path, env=env, timeout=300)
+    compared = commands.run_here(MNISTEXP_RUNS, "compare", cwd=tmp_path, env=env)
     assert compared.returncode == 0, compared.stderr[-3000:]
     assert compared.stdout.splitlines()[0] == "ranked by test_accuracy (max), selected on test data"
     assert len(compared.stdout.splitlines()) == 2 + 2 + 1  # title, header, two runs, the no-interval line
@@ -251,8 +251,8 @@ def test_no_password_reaches_the_store_a_pinned_file_hydras_files_or_the_console
     assert run.returncode == 0, run.stderr[-3000:].replace(password, "***")
     client = MlflowClient(database)
     parent, [child] = only_children(client, "no-secrets")  # the database is shared with other tests
-    pin = commands.run(
-        MNISTEXP_RUNS, "--tracking-uri", database, "pin", child.info.run_id, "best", cwd=tmp_path, env=env, timeout=300
+    pin = commands.run_here(
+        MNISTEXP_RUNS, "--tracking-uri", database, "pin", child.info.run_id, "best", cwd=tmp_path, env=env
     )
     assert pin.returncode == 0, pin.stderr[-3000:].replace(password, "***")
     seen = [run.stdout, run.stderr, pin.stdout, pin.stderr]

@@ -1,11 +1,20 @@
-"""Running `mnistexp` and `mnistexp-runs` as a user does: a new process, its output captured."""
+"""Running `mnistexp` and `mnistexp-runs` as a user does: a new process, its output captured; or, for
+`mnistexp-runs` where the test does not examine the process itself, its entry point in this process."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
 import subprocess
+import sys
+import tempfile
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
-from . import clean_env
+from . import MNISTEXP_RUNS, clean_env
 
 
 def run(
@@ -26,6 +35,96 @@ def run(
         text=True,
         timeout=timeout,
     )
+    return _checked(done, check)
+
+
+def run_here(
+    program: str,
+    *args: str,
+    cwd: Path | str,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess:
+    """`run`'s result for `mnistexp-runs ARGS`, from its entry point called in this process: this call's
+    directory, environment and root logger for the command's own, everything written to stdout and
+    stderr captured (Python's and the C libraries', at the file descriptors), the exit status it
+    returns or exits with, and an escaping exception printed and exiting 1 as Python would. It runs
+    the command's code without the seconds a new process spends importing TensorFlow and MLflow."""
+    if program != MNISTEXP_RUNS:
+        raise ValueError(f"run_here runs mnistexp-runs only, not {program}")
+    from mnistexp.cli.runs import mnistexp_runs
+
+    with _as_a_process(Path(cwd), clean_env() if env is None else env), _captured() as (out, err):
+        try:
+            status = mnistexp_runs(list(args))
+        except SystemExit as leaving:  # argparse's usage errors
+            status = leaving.code if isinstance(leaving.code, int) else 1
+        except Exception:
+            traceback.print_exc()
+            status = 1
+    done = subprocess.CompletedProcess([program, *args], status, out.getvalue(), err.getvalue())
+    return _checked(done, check)
+
+
+def _checked(done: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
     if check and done.returncode != 0:
-        raise AssertionError(f"{Path(program).name} {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}")
+        command = " ".join([Path(done.args[0]).name, *done.args[1:]])
+        raise AssertionError(f"{command} exited {done.returncode}:\n{done.stderr[-4000:]}")
     return done
+
+
+@contextlib.contextmanager
+def _as_a_process(cwd: Path, env: dict[str, str]) -> Iterator[None]:
+    """This process with `cwd`, exactly `env`, a root logger without handlers (the command's
+    logging.basicConfig then sets its own, as in a new process), and MLflow's tracking and registry
+    URIs unset; all put back afterwards."""
+    import mlflow.tracking._model_registry.utils as registry_uris
+    import mlflow.tracking._tracking_service.utils as tracking_uris
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_uris = tracking_uris._tracking_uri, registry_uris._registry_uri
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    root.handlers = []
+    tracking_uris._tracking_uri, registry_uris._registry_uri = None, None
+    try:
+        yield
+    finally:
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
+        tracking_uris._tracking_uri, registry_uris._registry_uri = saved_uris
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """Everything written to file descriptors 1 and 2 (and so to sys.stdout and sys.stderr) inside the
+    block, as text once it ends."""
+    out, err = io.StringIO(), io.StringIO()
+    streams = sys.stdout, sys.stderr
+    for stream in streams:
+        stream.flush()
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        saved = os.dup(1), os.dup(2)
+        os.dup2(out_file.fileno(), 1)
+        os.dup2(err_file.fileno(), 2)
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+        try:
+            yield out, err
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = streams
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            for file, text in ((out_file, out), (err_file, err)):
+                file.seek(0)
+                text.write(file.read().decode(errors="replace"))
