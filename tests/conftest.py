@@ -83,10 +83,14 @@ def store(tmp_path: Path) -> str:
 
 @pytest.fixture
 def run_cli(tmp_path: Path, mnist_path: Path):
-    """Run `mnistexp ARGS` in tmp_path as a user would (a new process), on the real MNIST file."""
+    """Run `mnistexp ARGS` in tmp_path as a user would (a new process), on the real MNIST file;
+    `in_process=True` calls the command in this process (commands.run_here), for a test that checks
+    what the command does and says, not the process it runs in."""
 
-    def _run(*args: str, env: dict[str, str] | None = None, check: bool = True):
+    def _run(*args: str, env: dict[str, str] | None = None, check: bool = True, in_process: bool = False):
         environment = clean_env(MNISTEXP_DATA=str(mnist_path), **(env or {}))
+        if in_process:
+            return commands.run_here(MNISTEXP, *args, cwd=tmp_path, env=environment, check=check)
         return commands.run(MNISTEXP, *args, cwd=tmp_path, env=environment, check=check)
 
     return _run

@@ -158,6 +158,7 @@ def test_mlflow_tracking_uri_is_honoured(run_cli, tmp_path):
         "model.hidden_units=16",
         "tracking.log_model=false",
         env={"MLFLOW_TRACKING_URI": store},
+        in_process=True,
     )
     assert not (tmp_path / "mlflow.db").exists()
     client, _, run = only_run(store)
@@ -175,13 +176,14 @@ def test_tracking_uri_and_experiment_from_config(run_cli, tmp_path):
         "tracking.experiment=my-exp",
         "tracking.run_name=first-try",
         env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ignored.db'}"},
+        in_process=True,
     )
     _, _, run = only_run(store, "my-exp")
     assert run.info.run_name == "first-try"
 
 
 def test_the_keras_fit_engine_end_to_end(run_cli, tmp_path):
-    run_cli(*SLICE, "trainer.engine=keras_fit", "data.validation_size=300", "model.hidden_units=16")
+    run_cli(*SLICE, "trainer.engine=keras_fit", "data.validation_size=300", "model.hidden_units=16", in_process=True)
     client, _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FINISHED" and run.data.params["trainer.engine"] == "keras_fit"
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):

@@ -19,7 +19,7 @@ CHROMIUM = os.environ.get("MNISTEXP_CHROMIUM", "/usr/bin/chromium")
 @pytest.fixture
 def sweep_store(tmp_path, mnist_path) -> str:
     env = clean_env(MNISTEXP_DATA=str(mnist_path))
-    done = commands.run(MNISTEXP, "-m", "model.hidden_units=0,16,32", *TINY, cwd=tmp_path, env=env, timeout=900)
+    done = commands.run_here(MNISTEXP, "-m", "model.hidden_units=0,16,32", *TINY, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 

@@ -35,7 +35,7 @@ SWEEP = [
 def sweep(tmp_path_factory, mnist_path):
     workdir = tmp_path_factory.mktemp("registry")
     env = clean_env(MNISTEXP_DATA=str(mnist_path))
-    done = commands.run(MNISTEXP, *SWEEP, cwd=workdir, env=env, timeout=900)
+    done = commands.run_here(MNISTEXP, *SWEEP, cwd=workdir, env=env)  # the sweep, not its process, is used here
     assert done.returncode == 0, done.stderr[-3000:]
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     parent, children = only_children(MlflowClient(uri))
@@ -297,7 +297,7 @@ def test_evaluate_refuses_a_model_of_other_image_shapes_in_one_line(sweep, tmp_p
         x_test=rng.integers(0, 256, (50, 14, 14), dtype=np.uint8),
         y_test=rng.integers(0, 10, 50, dtype=np.uint8),
     )
-    trained = commands.run(
+    trained = commands.run_here(
         MNISTEXP,
         f"data.path={small}",
         "data.image_shape=[14,14]",
@@ -307,7 +307,6 @@ def test_evaluate_refuses_a_model_of_other_image_shapes_in_one_line(sweep, tmp_p
         f"tracking.uri={sweep['uri']}",
         cwd=sweep["workdir"],
         env=sweep["env"],
-        timeout=600,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     client = MlflowClient(sweep["uri"])

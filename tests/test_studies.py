@@ -58,7 +58,7 @@ def test_a_study_killed_during_a_trial_and_resumed_ends_with_n_trials_complete(t
     assert returncode == 128 + signum, output[-3000:]
     assert states(storage) == ["COMPLETE", "COMPLETE", "FAIL", "WAITING"]  # the cut trial, back in the queue
 
-    again = commands.run(*command, cwd=tmp_path, timeout=600)
+    again = commands.run_here(*command, cwd=tmp_path)  # the resume: in this process, the study is what is checked
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     trials = optuna.load_study(study_name="mnistexp-search", storage=storage).trials
     assert [trial.state.name for trial in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
@@ -122,7 +122,9 @@ PRUNED_STUDY = [
 )
 def test_hopeless_trials_are_pruned_keep_their_epochs_and_are_never_chosen(tmp_path, launcher):
     storage, client = f"sqlite:///{tmp_path / 'optuna.db'}", MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    done = commands.run(*study_command(tmp_path, 4, *PRUNED_STUDY, *launcher), cwd=tmp_path, timeout=600)
+    # In this process, but for joblib's: its pool of worker processes is part of what is tested.
+    run = commands.run if launcher else commands.run_here
+    done = run(*study_command(tmp_path, 4, *PRUNED_STUDY, *launcher), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = optuna.load_study(study_name="mnistexp-search", storage=storage).trials
     assert [trial.state.name for trial in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
@@ -160,7 +162,7 @@ def test_max_failure_rate_stops_the_study_with_one_line(tmp_path):
         "model.hidden_units=choice(-1,16)",
         "hydra.sweeper.enqueue_trials=[{model.hidden_units: -1}]",
     ]
-    done = commands.run(*study_command(tmp_path, 3, *failing_first), cwd=tmp_path, timeout=600)
+    done = commands.run_here(*study_command(tmp_path, 3, *failing_first), cwd=tmp_path)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "hydra.sweeper.max_failure_rate=0.0: 1 of the 1 trials this command ran failed" in done.stderr
     assert "Traceback" not in done.stderr and "Warning" not in done.stderr  # Optuna's "experimental" ones too

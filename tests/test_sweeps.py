@@ -20,7 +20,7 @@ from .helpers import MNISTEXP, MNISTEXP_RUNS, TINY, clean_env, commands, signals
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.xdist_group("grid"),
-]  # a subprocess per run on the MNIST file (the full suite)
+]  # runs on the MNIST file (the full suite)
 
 
 def runs_in(uri: str) -> list:
@@ -183,14 +183,8 @@ def test_reproduce_on_other_data_exits_1_and_says_the_data_differs(tmp_path, mni
 
 
 def test_the_pinned_hidden_sweep_runs_as_a_multirun(tmp_path, mnist_path):
-    done = commands.run(
-        MNISTEXP,
-        "-m",
-        "experiment=hidden_sweep",
-        *TINY,
-        cwd=tmp_path,
-        env=clean_env(MNISTEXP_DATA=str(mnist_path)),
-        timeout=900,
+    done = commands.run_here(
+        MNISTEXP, "-m", "experiment=hidden_sweep", *TINY, cwd=tmp_path, env=clean_env(MNISTEXP_DATA=str(mnist_path))
     )
     assert done.returncode == 0, done.stderr[-3000:]
     parents, children = split(runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}"))
@@ -241,7 +235,9 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path, mn
     }
     assert 1 <= len(finished_before) < 3
 
-    done = commands.run(*sweep, "tracking.skip_finished=true", cwd=tmp_path, env=env, timeout=900)
+    done = commands.run_here(
+        *sweep, "tracking.skip_finished=true", cwd=tmp_path, env=env
+    )  # the resume, in this process
     assert done.returncode == 0, done.stderr[-3000:]
     assert (done.stdout + done.stderr).count("skipped: run") == len(finished_before)
     parents, children = split(runs_in(uri))

@@ -197,7 +197,7 @@ def test_an_authenticated_server_refuses_a_client_without_good_credentials_in_on
     if credentials:
         env.update(MLFLOW_TRACKING_USERNAME=credentials[0], MLFLOW_TRACKING_PASSWORD=credentials[1])
     before = experiments_on(auth_server)
-    done = commands.run(MNISTEXP, *TINY_RUN, cwd=tmp_path, env=clean_env(**env), timeout=300)
+    done = commands.run_here(MNISTEXP, *TINY_RUN, cwd=tmp_path, env=clean_env(**env))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     [line] = [line for line in done.stderr.splitlines() if line.startswith("mnistexp: error: ")]
     assert auth_server.url in line and "refused our credentials (HTTP 401)" in line
@@ -212,7 +212,7 @@ def test_an_authenticated_server_serves_runs_sweeps_and_the_runs_command(auth_se
         MLFLOW_TRACKING_PASSWORD="alice-password-12",
         MNISTEXP_DATA=str(mnist_path),
     )
-    sweep = commands.run(MNISTEXP, "-m", "model.hidden_units=0,16", *TINY_RUN, cwd=tmp_path, env=env, timeout=600)
+    sweep = commands.run_here(MNISTEXP, "-m", "model.hidden_units=0,16", *TINY_RUN, cwd=tmp_path, env=env)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     compared = commands.run_here(MNISTEXP_RUNS, "compare", cwd=tmp_path, env=env)
     assert compared.returncode == 0, compared.stderr[-3000:]
@@ -237,7 +237,7 @@ def test_no_password_reaches_the_store_a_pinned_file_hydras_files_or_the_console
     password = database.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     assert len(password) >= 8
     env = clean_env(MNISTEXP_DATA=str(mnist_path))
-    run = commands.run(
+    run = commands.run_here(
         MNISTEXP,
         "-m",
         "model.hidden_units=0",
@@ -246,7 +246,6 @@ def test_no_password_reaches_the_store_a_pinned_file_hydras_files_or_the_console
         *TINY_RUN,
         cwd=tmp_path,
         env=env,
-        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:].replace(password, "***")
     client = MlflowClient(database)

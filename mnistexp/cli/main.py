@@ -24,9 +24,16 @@ TRACEBACKS_ENV = "MNISTEXP_FULL_ERROR"  # the user's HYDRA_FULL_ERROR, for the j
 
 
 def mnistexp() -> None:
+    _leave(command(sys.argv[1:]))
+
+
+def command(args: Sequence[str]) -> int:
+    """`mnistexp ARGS` from start to end in this process, its exit status returned: every run ended,
+    MLflow's queued metrics written. The console script leaves at once with it; the tests call this
+    in their own process where what they check is not the process itself."""
     interrupts.install()  # before Hydra, TensorFlow and MLflow load: a signal then is answered like any other
     read_environment(os.environ)
-    sys.argv[1:] = hide_secrets(sys.argv[1:])  # passwords stay out of Hydra's files
+    sys.argv[1:] = hide_secrets(args)  # passwords stay out of Hydra's files
     try:
         interrupts.phase("importing the libraries")
         with imports.loaded_for_good("mnistexp.cli.app"):  # Hydra and OmegaConf
@@ -43,7 +50,7 @@ def mnistexp() -> None:
         spooled = sys.modules["mnistexp.tracking.spool"].closing_line()
         if spooled:
             print(f"mnistexp: {spooled}", file=sys.stderr)
-    _leave(status)
+    return _flushed(status)
 
 
 def hide_secrets(overrides: Sequence[str]) -> list[str]:
@@ -105,6 +112,21 @@ def read_environment(environ: Mapping[str, str]) -> None:
     interrupts.pause_at(environ.get("MNISTEXP_TEST_PAUSE_AT"))
 
 
+def _flushed(status: int) -> int:
+    """The exit status once MLflow's queued metrics are written: 1 where they could not be."""
+    if "mlflow" not in sys.modules:
+        return status
+    import mlflow
+
+    try:
+        mlflow.flush_async_logging()
+    except Exception as error:  # a store the job could not open was reported already; others are news
+        if status == 0:
+            report(f"could not flush MLflow's queued metrics: {str(error).splitlines()[0]}")
+            return 1
+    return status
+
+
 def _leave(status: int) -> NoReturn:
     """End the process once everything is written. Every run is ended and every file closed by now,
     so the interpreter's own teardown is skipped: TensorFlow's alone takes seconds. Not when Ray or
@@ -114,15 +136,6 @@ def _leave(status: int) -> NoReturn:
     started_workers = any(name in sys.modules for name in ("ray", "joblib.externals.loky.process_executor"))
     if started_workers or sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(status)
-    if "mlflow" in sys.modules:
-        import mlflow
-
-        try:
-            mlflow.flush_async_logging()
-        except Exception as error:  # a store the job could not open was reported already; others are news
-            if status == 0:
-                report(f"could not flush MLflow's queued metrics: {str(error).splitlines()[0]}")
-                status = 1
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
