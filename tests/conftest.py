@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnistexp.config.schema import compose
 
-from .helpers import MNISTEXP, REPO_ROOT, clean_env, commands
+from .helpers import MNISTEXP, REPO_ROOT, absl_to_the_real_stderr, clean_env, commands
 
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
 pytest_plugins = ["pytester", "tests.ci_policy"]  # ci_policy: under CI, a skip that names no environment fails
@@ -24,12 +23,8 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 @pytest.fixture(autouse=True)
 def _absl_writes_to_the_real_stderr():
-    """TensorFlow's absl handler keeps the sys.stderr of its import (some test's capture) and closes it
-    when Hydra's logging setup, run in this process (the Python API), replaces the handlers: every
-    later test would then fail on a closed file. A command or a notebook has one sys.stderr."""
-    absl_logging = sys.modules.get("absl.logging")
-    if absl_logging is not None:
-        absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+    """Hydra's logging setup, run in this process (the Python API), would close the capture absl holds."""
+    absl_to_the_real_stderr()
     yield
 
 

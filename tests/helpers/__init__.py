@@ -47,6 +47,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def absl_to_the_real_stderr() -> None:
+    """TensorFlow's absl handler keeps the sys.stderr of its import (a test's capture, or collection's)
+    and closes it when Hydra's logging setup, run in this process, replaces the handlers, unless it
+    is the sys.stderr of that moment: pytest's own capture would then be closed for every later test
+    (seen, when a module fixture ran `mnistexp` in this process). A command or a notebook has one
+    sys.stderr; here absl is given the real one, which it never closes."""
+    absl_logging = sys.modules.get("absl.logging")
+    if absl_logging is not None:
+        absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
 def all_runs(client, experiment: str = "mnistexp") -> list:
     found = client.get_experiment_by_name(experiment)
     return client.search_runs([found.experiment_id], max_results=10_000) if found else []

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import MNISTEXP, MNISTEXP_RUNS, clean_env
+from . import MNISTEXP, MNISTEXP_RUNS, absl_to_the_real_stderr, clean_env
 
 
 def run(
@@ -115,6 +115,7 @@ def _as_a_process(cwd: Path, env: dict[str, str]) -> Iterator[None]:
 
     from mnistexp import errors
 
+    absl_to_the_real_stderr()  # a module fixture runs before the autouse fixture that does it for each test
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
@@ -136,6 +137,7 @@ def _as_a_process(cwd: Path, env: dict[str, str]) -> Iterator[None]:
         root.setLevel(saved_level)
         tracking_uris._tracking_uri, registry_uris._registry_uri = saved_uris
         fluent._active_experiment_id = saved_experiment
+        absl_to_the_real_stderr()  # not the capture of this call, closed by now
         errors.show_tracebacks(saved_tracebacks)
         os.chdir(saved_cwd)
         os.environ.clear()
