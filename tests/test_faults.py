@@ -61,6 +61,7 @@ def bad_files(tmp_path_factory, mnist_path) -> Path:
         ("tracking.uri=sqlite:////dev/null/store/mlflow.db", "sqlite:////dev/null/store/mlflow.db"),
     ],
 )
+@pytest.mark.xdist_group("bad-files")  # the module's bad files, made once
 def test_bad_input_is_one_line_and_leaves_no_run(run_cli, tmp_path, bad_files, override, named):
     done = run_cli(*TINY, override.format(files=bad_files), check=False, in_process=True)
     assert_one_clear_line(done, named)

@@ -170,6 +170,7 @@ def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> se
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fused-sweeps")  # the module's two sweeps, made once on one worker
 def test_every_fused_child_is_its_basic_run_bit_for_bit_with_all_it_logs(sweeps):
     _, done = sweeps
     basic, fused = _children(done["basic"][0]), _children(done["fused"][0])
@@ -193,6 +194,7 @@ def test_every_fused_child_is_its_basic_run_bit_for_bit_with_all_it_logs(sweeps)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fused-sweeps")
 def test_a_member_that_stops_early_is_frozen_with_its_own_best_weights(sweeps):
     _, done = sweeps
     fused = _children(done["fused"][0])
@@ -205,6 +207,7 @@ def test_a_member_that_stops_early_is_frozen_with_its_own_best_weights(sweeps):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fused-sweeps")
 def test_reproducing_a_fused_child_is_bit_identical(sweeps):
     folder, done = sweeps
     store = done["fused"][0]
