@@ -68,12 +68,24 @@ def installed(tmp_path_factory) -> Path:
     )
     [wheel] = (scratch / "dist").glob("mnistexp-*.whl")
     venv = scratch / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)  # this pip installs there
     # This venv's packages are visible behind the wheel (a .pth line adds no editable finder).
     [site] = venv.glob("lib/python*/site-packages")
     (site / "dependencies.pth").write_text("".join(f"{path}\n" for path in sys.path if path.endswith("site-packages")))
     subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        check=True,
     )
     return venv / "bin"
 
