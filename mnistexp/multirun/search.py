@@ -109,7 +109,7 @@ class StudySweeper(OptunaSweeper):
         launched, failures = 0, 0
         with Heartbeats(storage, self.heartbeat_interval) as beating:
             try:
-                while batch := self._ask(study, beating, impl.n_jobs):
+                while batch := ask(study, beating, impl.n_jobs, self.study_size):
                     overrides = [
                         (*override, f"+hydra.job.env_set.{TRIAL_ENV}='{trial._trial_id}'")
                         for override, trial in zip(
@@ -131,29 +131,6 @@ class StudySweeper(OptunaSweeper):
                 for trial_id in beating.ids():  # cut short here (a signal): back in the queue now
                     requeue(study, trial_id, self.max_retry)
                 raise
-
-    def _ask(self, study: Any, beating: Heartbeats, n_jobs: int) -> list[Any]:
-        """The next trials for this process (at most `n_jobs`), none once the study holds `n_trials`:
-        stale trials of dead processes are failed (and requeued) first; a trial that lost the race
-        for the study's last slot to another process is told FAIL as surplus."""
-        import optuna
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        batch = []
-        for _ in range(min(n_jobs, runnable(study.get_trials(deepcopy=False), self.study_size))):
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
-                trial = study.ask()
-            beating.add(trial._trial_id)
-            if rank(study.get_trials(deepcopy=False), trial.number) >= self.study_size:
-                trial.set_user_attr(SURPLUS_ATTR, True)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-                beating.discard(trial._trial_id)
-                continue
-            batch.append(trial)
-        return batch
 
 
 class StudyStoppedError(UserError):
@@ -199,6 +176,30 @@ class Heartbeats:
                     self.storage.record_heartbeat(trial_id)
                 except Exception as error:  # a storage blink: the next beat may get through
                     log.debug("heartbeat of trial %d: %s", trial_id, error)
+
+
+def ask(study: Any, beating: Heartbeats, n_jobs: int, study_size: int) -> list[Any]:
+    """The next trials for this process (at most `n_jobs`), none once the study holds `n_trials`:
+    stale trials of dead processes are failed (and requeued) first; a trial that lost the race
+    for the study's last slot to another process is told FAIL as surplus."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    batch = []
+    for _ in range(min(n_jobs, runnable(study.get_trials(deepcopy=False), study_size))):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+            trial = study.ask()
+        beating.add(trial._trial_id)
+        if rank(study.get_trials(deepcopy=False), trial.number) >= study_size:
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            beating.discard(trial._trial_id)
+            continue
+        batch.append(trial)
+    return batch
 
 
 def tell(study: Any, trial: Any, returned: Any) -> str:

@@ -1,0 +1,49 @@
+"""A shared study's slots: processes that ask at the same moment never run more than `n_trials`.
+Optuna's own storage on a SQLite file; the race is one interleaving made on purpose."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from mnistexp.multirun.search import SURPLUS_ATTR, Heartbeats, ask, make_storage, trials_to_run
+
+
+@pytest.fixture
+def study_with_one_slot_left(tmp_path):
+    """A study of two trials, one COMPLETE: one slot is free."""
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=10, grace_period=30)
+    study = optuna.create_study(study_name="slots", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    return storage, study
+
+
+def test_a_process_alone_gets_the_last_slot(study_with_one_slot_left):
+    storage, study = study_with_one_slot_left
+    batch = ask(study, Heartbeats(storage, 10), n_jobs=4, study_size=2)
+    assert [trial.number for trial in batch] == [1]  # one slot, so one trial, though four could run
+    assert not storage.get_trial(batch[0]._trial_id).user_attrs
+
+
+def test_the_loser_of_a_race_for_the_last_slot_runs_nothing(study_with_one_slot_left, monkeypatch):
+    """Both processes saw the slot free; the other asked first. This one's trial is told FAIL and
+    marked surplus, so the study still counts two trials and one of them still to run."""
+    storage, study = study_with_one_slot_left
+    other = optuna.load_study(study_name="slots", storage=storage)
+    own_ask = study.ask
+
+    def ask_just_after_the_other(*args, **kwargs):
+        other.ask()  # between this process's count of free slots and its own ask
+        return own_ask(*args, **kwargs)
+
+    monkeypatch.setattr(study, "ask", ask_just_after_the_other)
+    beating = Heartbeats(storage, 10)
+    assert ask(study, beating, n_jobs=1, study_size=2) == []
+    trials = storage.get_all_trials(study._study_id)
+    assert [(trial.number, trial.state.name, trial.user_attrs) for trial in trials] == [
+        (0, "COMPLETE", {}),
+        (1, "RUNNING", {}),  # the other process's
+        (2, "FAIL", {SURPLUS_ATTR: True}),
+    ]
+    assert beating.ids() == []  # nothing of this process's left beating
+    assert trials_to_run(study, 2) == 1  # the other's running trial holds the slot; surplus is not counted
