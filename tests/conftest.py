@@ -21,6 +21,16 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` (pyproject's addopts): one worker more than this process may use cores. Many tests
+    wait on a subprocess, a server or a grace period, and the extra worker uses the core they leave
+    idle (README, Tests). xdist's own PYTEST_XDIST_AUTO_NUM_WORKERS still wins."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's implementation reads it
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores + 1
+
+
 @pytest.fixture(autouse=True)
 def _absl_writes_to_the_real_stderr():
     """Hydra's logging setup, run in this process (the Python API), would close the capture absl holds."""
