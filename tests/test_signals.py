@@ -28,6 +28,7 @@ class Moment:
     name: str
     phase: str  # where mnistexp waits for the signal (interrupts.phase): NAME or NAME@N, its Nth time
     parent_exists: bool  # the sweep's parent run was made before this moment
+    children: tuple[str, ...] = ()  # the statuses its child runs end with, in the order they began
 
 
 # Each moment is a place in mnistexp's own code (interrupts.phase): with MNISTEXP_TEST_PAUSE_AT set,
@@ -38,15 +39,15 @@ MOMENTS = [
     Moment("composing the sweep", "composing the sweep", parent_exists=True),  # held: the parent is made first
     Moment("loading the data", "loading the data", parent_exists=True),
     Moment("importing TensorFlow", "importing TensorFlow", parent_exists=True),
-    Moment("opening the run", "opening the run", parent_exists=True),
-    Moment("training", "training@2", parent_exists=True),  # the first job's second epoch
-    Moment("evaluating", "evaluating", parent_exists=True),
-    Moment("logging the model", "logging the model", parent_exists=True),
-    Moment("logging the plots", "logging the plots", parent_exists=True),
-    Moment("between jobs", "between jobs", parent_exists=True),
-    Moment("the second job's data", "loading the data@2", parent_exists=True),
-    Moment("the last job's training", "training@5", parent_exists=True),  # job 3, epoch 1
-    Moment("writing the summary", "writing the summary", parent_exists=True),
+    Moment("opening the run", "opening the run", parent_exists=True, children=("KILLED",)),
+    Moment("training", "training@2", parent_exists=True, children=("KILLED",)),  # the first job's second epoch
+    Moment("evaluating", "evaluating", parent_exists=True, children=("KILLED",)),
+    Moment("logging the model", "logging the model", parent_exists=True, children=("KILLED",)),
+    Moment("logging the plots", "logging the plots", parent_exists=True, children=("KILLED",)),
+    Moment("between jobs", "between jobs", parent_exists=True, children=("FINISHED",)),  # no job starts after it
+    Moment("the second job's data", "loading the data@2", parent_exists=True, children=("FINISHED",)),
+    Moment("the last job's training", "training@5", parent_exists=True, children=("FINISHED", "FINISHED", "KILLED")),
+    Moment("writing the summary", "writing the summary", parent_exists=True, children=("FINISHED",) * 3),
 ]
 
 
@@ -67,7 +68,11 @@ def test_a_signal_at_any_moment_leaves_no_run_running_and_the_parent_killed(tmp_
         [parent] = parents
         assert "jobs_killed" in parent.data.metrics
         assert {item.path for item in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/summary.csv"}
-    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    children = sorted(
+        (run for run in runs if "mlflow.parentRunId" in run.data.tags), key=lambda run: run.info.start_time
+    )
+    # The job in flight ends KILLED, however far it got, and no job starts after the signal.
+    assert tuple(child.info.status for child in children) == moment.children
     if moment.name == "training":  # the first epoch is kept, the one cut short is not
         [child] = children
         history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(child.info.run_id, "loss")

@@ -151,6 +151,7 @@ def train_together(
         if slots is not None:
             slots[k].unload(network)  # the job's own model leaves with the trained state
         outcomes.append(Trained(network, fit, tested, facts[k]))
+    interrupts.check()  # a signal during evaluation is acted on as it ends: the runs end KILLED
     return outcomes
 
 

@@ -166,8 +166,10 @@ def log_trained(run: Recording, cfg: MnistexpConfig, data: Dataset, trained: Tra
     interrupts.phase("logging the model")
     logged = log_model(run, trained.model, cfg.data.image_shape) if cfg.tracking.log_model else None
     log_evaluation(run, trained.evaluation, list(cfg.data.class_names), logged)
+    interrupts.check()  # a signal while the model was logged: the run, with its test figures, ends KILLED
     interrupts.phase("logging the plots")
     shown = cfg.tracking.sample_images, cfg.tracking.mistake_images
     for name, figure in trained.figures(data, list(cfg.data.class_names), *shown):
         run.figure(figure, name)
         plots.close(figure)
+    interrupts.check()  # ... or while the plots were drawn
