@@ -51,6 +51,10 @@ MOMENTS = [
 ]
 
 
+# A signal during the job's last steps: (its test figures logged, its plots logged) when its run ends.
+KEPT = {"evaluating": (False, False), "logging the model": (True, False), "logging the plots": (True, True)}
+
+
 @pytest.mark.parametrize("moment", MOMENTS, ids=[moment.name for moment in MOMENTS])
 def test_a_signal_at_any_moment_leaves_no_run_running_and_the_parent_killed(tmp_path, mnist_path, moment):
     signum = signal.SIGINT if MOMENTS.index(moment) % 2 == 0 else signal.SIGTERM
@@ -73,6 +77,11 @@ def test_a_signal_at_any_moment_leaves_no_run_running_and_the_parent_killed(tmp_
     )
     # The job in flight ends KILLED, however far it got, and no job starts after the signal.
     assert tuple(child.info.status for child in children) == moment.children
+    if moment.name in KEPT:  # acted on as that work ends: what it finished is kept, nothing after it is done
+        client = MlflowClient(f"sqlite:///{store}")
+        [child] = children
+        plots = [item.path for item in client.list_artifacts(child.info.run_id, "plots")]
+        assert ("test_accuracy" in child.data.metrics, "plots/confusion_matrix.png" in plots) == KEPT[moment.name]
     if moment.name == "training":  # the first epoch is kept, the one cut short is not
         [child] = children
         history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(child.info.run_id, "loss")
