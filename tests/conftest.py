@@ -12,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 from mnistexp.config.schema import compose
 
 from .helpers import MNISTEXP, REPO_ROOT, absl_to_the_real_stderr, clean_env, commands
-from .helpers.scheduling import slow_first
 
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
 pytest_plugins = ["pytester", "tests.ci_policy"]  # ci_policy: under CI, a skip that names no environment fails
@@ -30,12 +29,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
         return None  # xdist's implementation reads it
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return cores + 1
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In an xdist worker, whose collection order is the order work is handed out in: slow tests first."""
-    if hasattr(config, "workerinput"):
-        items[:] = slow_first(items)
 
 
 @pytest.fixture(autouse=True)

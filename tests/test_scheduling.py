@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from .helpers import REPO_ROOT
-from .helpers.scheduling import slow_first, xdist_group_of
 
 pytestmark = pytest.mark.xdist_group("scheduling")
 
@@ -19,22 +18,17 @@ def test_a_grouped_test_carries_the_group_that_xdist_schedules_it_by(request):
     assert request.node.nodeid.endswith("@scheduling") == under_loadgroup, request.node.nodeid
 
 
-_SUITE: list[pytest.Item] = []
-
-
-def the_suite(pytester) -> list[pytest.Item]:
-    """The suite's items, collected once per process: a second collection of tests/ in the same
-    process stopped with an internal error of pytest's (seen: no package metadata for pluggy)."""
-    if not _SUITE:
-        _SUITE.extend(pytester.inline_genitems(str(REPO_ROOT / "tests"), "-o", "addopts=", "-p", "no:xdist")[0])
-    return _SUITE
+def xdist_group_of(item: pytest.Item) -> str | None:
+    """The group loadgroup schedules `item` by: its xdist_group marks' names joined, as xdist joins them."""
+    names = [mark.args[0] if mark.args else mark.kwargs.get("name") for mark in item.iter_markers("xdist_group")]
+    return "_".join(sorted(names)) if names else None
 
 
 def test_every_module_fixture_is_built_once(pytester):
     """A module-scoped fixture (a sweep, a server, a study) is built once per worker that runs a test
     using it: its tests must share one xdist group, or two workers build it (seen: test_fused's two
     sweeps, 90 s of CPU each, made twice)."""
-    items = the_suite(pytester)
+    items, _ = pytester.inline_genitems(str(REPO_ROOT / "tests"), "-o", "addopts=", "-p", "no:xdist")
     users: dict[tuple[str, str], list[pytest.Item]] = {}
     for item in items:
         for name, definitions in item._fixtureinfo.name2fixturedefs.items():
@@ -47,18 +41,3 @@ def test_every_module_fixture_is_built_once(pytester):
         if len(items) > 1 and (len({xdist_group_of(item) for item in items}) > 1 or xdist_group_of(items[0]) is None)
     }
     assert spread == {}
-
-
-def test_workers_are_handed_the_slow_tests_first_and_each_group_in_its_order(pytester):
-    """The last tests to start are the fast ones (conftest's slow_first, in every worker), and a group's
-    tests keep the order its module fixtures rely on (test_clusters: in-process Ray before the head)."""
-    items = the_suite(pytester)
-    ordered = slow_first(items)
-    assert sorted(item.nodeid for item in ordered) == sorted(item.nodeid for item in items)
-    alone = [item.get_closest_marker("slow") is not None for item in ordered if xdist_group_of(item) is None]
-    assert alone.count(True) > 20 and alone.count(False) > 20  # both tiers are there to be ordered
-    assert alone == sorted(alone, reverse=True)  # every slow test of no group before every fast one
-    for group in {xdist_group_of(item) for item in items} - {None}:
-        assert [item.nodeid for item in ordered if xdist_group_of(item) == group] == [
-            item.nodeid for item in items if xdist_group_of(item) == group
-        ], group
