@@ -22,9 +22,9 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """`-n auto` (pyproject's addopts): one worker more than this process may use cores. Many tests
-    wait on a subprocess, a server or a grace period, and the extra worker uses the core they leave
-    idle (README, Tests). xdist's own PYTEST_XDIST_AUTO_NUM_WORKERS still wins."""
+    """`-n auto` (pyproject's addopts): one worker more than the cores this process may use. Many
+    tests wait on a subprocess, a server or a grace period, and the extra worker uses the core they
+    leave idle (README). xdist's own PYTEST_XDIST_AUTO_NUM_WORKERS still wins."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # xdist's implementation reads it
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
