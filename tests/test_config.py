@@ -11,6 +11,8 @@ from omegaconf import OmegaConf, open_dict
 
 from mnistexp.config.schema import compose
 from mnistexp.config.validation import ConfigError, hidden_layer_sizes, validate
+from mnistexp.errors import UserError
+from mnistexp.multirun.search import check_sweeper
 
 from .helpers import MNISTEXP, REPO_ROOT, commands
 
@@ -274,3 +276,26 @@ def test_a_launcher_mnistexp_does_not_know_shares_the_cores_among_all_the_jobs()
     unknown = OmegaConf.create({"_target_": "somewhere.else.ParallelLauncher", "workers": 8})
     assert threads_per_job(unknown, 4) == max(1, available_cores() // 4)
     assert threads_per_job(unknown, 1) == available_cores()
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("heartbeat_interval=0", "hydra.sweeper.heartbeat_interval=0: a whole number, at least 1"),
+        ("grace_period=2.5", "hydra.sweeper.grace_period=2.5: a whole number, at least 1"),
+        ("grace_period=ten", "hydra.sweeper.grace_period=ten: a whole number, at least 1"),
+        ("pruner_startup_trials=-1", "hydra.sweeper.pruner_startup_trials=-1: a whole number, at least 0"),
+        ("pruner_warmup_epochs=true", "hydra.sweeper.pruner_warmup_epochs=True: a whole number, at least 0"),
+    ],
+)
+def test_the_studys_whole_number_keys_refuse_anything_else_in_one_line(override, line):
+    cfg = compose(["hparams_search=optuna", f"hydra.sweeper.{override}"], return_hydra_config=True)
+    with pytest.raises(UserError) as refused:
+        check_sweeper(cfg.hydra.sweeper)
+    assert str(refused.value) == line
+
+
+def test_the_studys_whole_number_keys_take_their_least_values():
+    least = ["heartbeat_interval=1", "grace_period=1", "pruner_startup_trials=0", "pruner_warmup_epochs=0"]
+    cfg = compose(["hparams_search=optuna", *(f"hydra.sweeper.{key}" for key in least)], return_hydra_config=True)
+    check_sweeper(cfg.hydra.sweeper)  # raises on a value it refuses
