@@ -78,8 +78,7 @@ def test_a_signal_at_any_moment_leaves_no_run_running_and_the_parent_killed(tmp_
     # The job in flight ends KILLED, however far it got, and no job starts after the signal.
     assert tuple(child.info.status for child in children) == moment.children
     if moment.name in KEPT:  # acted on as that work ends: what it finished is kept, nothing after it is done
-        client = MlflowClient(f"sqlite:///{store}")
-        [child] = children
+        [child] = children  # `client` is the parent's above: these moments all come after it
         plots = [item.path for item in client.list_artifacts(child.info.run_id, "plots")]
         assert ("test_accuracy" in child.data.metrics, "plots/confusion_matrix.png" in plots) == KEPT[moment.name]
     if moment.name == "training":  # the first epoch is kept, the one cut short is not
