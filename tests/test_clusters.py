@@ -28,6 +28,7 @@ RAY_LOOPBACK = {
     "no_proxy": "127.0.0.1,localhost,::1",
     "NO_PROXY": "127.0.0.1,localhost,::1",
 }
+# The process names (/proc/PID/comm) of the head's processes and of the driver.
 RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "DashboardA", "RuntimeEnv", "mnistexp")
 
 
@@ -91,7 +92,7 @@ def test_a_sweep_on_a_ray_cluster_nests_every_job_under_one_parent(ray_head, tmp
     env = clean_env(**ray_head)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # The head's workers have the head's environment: the store and the data come with the sweep.
-    with SocketWatch(lambda pids, line: any(word in line for word in RAY_PROCESSES)) as sockets:
+    with SocketWatch(names=RAY_PROCESSES) as sockets:
         done = sweep(
             tmp_path,
             env,
