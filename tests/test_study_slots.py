@@ -1,10 +1,16 @@
-"""A shared study's slots: processes that ask at the same moment never run more than `n_trials`.
-Optuna's own storage on a SQLite file; the race is one interleaving made on purpose."""
+"""A shared study's slots: processes that ask at the same moment never run more than `n_trials`, and
+processes that open a new storage at the same moment all get it. Optuna's own storage on a SQLite
+file (and on PostgreSQL where CI provides one); each race is one interleaving made on purpose."""
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import optuna
 import pytest
+import sqlalchemy
+from optuna.storages._rdb import models
 
 from mnistexp.multirun.search import SURPLUS_ATTR, Heartbeats, ask, make_storage, trials_to_run
 
@@ -47,3 +53,46 @@ def test_the_loser_of_a_race_for_the_last_slot_runs_nothing(study_with_one_slot_
     ]
     assert beating.ids() == []  # nothing of this process's left beating
     assert trials_to_run(study, 2) == 1  # the other's running trial holds the slot; surplus is not counted
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_without_tables(request, tmp_path):
+    """The address of a storage with no tables yet: a new SQLite file, or a new schema in the
+    PostgreSQL database CI provides (MNISTEXP_TEST_POSTGRES_OPTUNA_URI)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'optuna.db'}"
+        return
+    database = os.environ.get("MNISTEXP_TEST_POSTGRES_OPTUNA_URI")
+    if not database:
+        pytest.skip("set MNISTEXP_TEST_POSTGRES_OPTUNA_URI to a PostgreSQL database (.ci/run starts one)")
+    schema = f"race_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(database)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    yield f"{database}?options=-csearch_path%3D{schema}"
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    engine.dispose()
+
+
+def test_a_process_that_loses_the_race_to_create_the_tables_opens_the_storage(storage_without_tables):
+    """Another process creates a table between this one's look for it and its CREATE TABLE (seen in
+    CI: two sweeps started together on an empty PostgreSQL database, one exited 2 with "relation
+    "studies" already exists"). This one tries again, finds the tables and opens the storage."""
+    other = sqlalchemy.create_engine(storage_without_tables)
+    studies = models.BaseModel.metadata.tables["studies"]
+
+    def created_by_the_other_first(table, connection, **kwargs):
+        table.create(other)  # committed on its own connection, as another process would
+
+    sqlalchemy.event.listen(studies, "before_create", created_by_the_other_first, once=True)
+    try:
+        storage = make_storage(storage_without_tables)
+    finally:
+        if sqlalchemy.event.contains(studies, "before_create", created_by_the_other_first):
+            sqlalchemy.event.remove(studies, "before_create", created_by_the_other_first)
+        other.dispose()
+    study = optuna.create_study(study_name="after-the-race", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    assert [trial.value for trial in optuna.load_study(study_name="after-the-race", storage=storage).trials] == [0.5]
+    storage.engine.dispose()

@@ -270,8 +270,8 @@ def make_storage(
                     url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None, **heartbeat
                 )
             break
-        except sqlalchemy.exc.IntegrityError:  # processes creating a new database's tables at once: one wins
-            if attempt == 4:
+        except sqlalchemy.exc.DBAPIError as error:  # processes creating a new database's tables at once: one wins
+            if attempt == 4 or not lost_creation_race(error):
                 raise
             time.sleep(0.5 + attempt)
     if sqlite:
@@ -286,6 +286,18 @@ def make_storage(
 
         storage.engine.dispose()  # the connections made before the hooks
     return storage
+
+
+def lost_creation_race(error: Any) -> bool:
+    """Whether creating the storage's tables failed because another process created one first: a key
+    it had just taken (a unique violation), or a table or type already there by the time ours was
+    made (PostgreSQL's DuplicateTable and DuplicateObject; SQLite's "already exists")."""
+    import sqlalchemy
+
+    if isinstance(error, sqlalchemy.exc.IntegrityError):
+        return True
+    state = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return state in ("42P07", "42710") or "already exists" in str(error.orig)
 
 
 def open_study(
