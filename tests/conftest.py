@@ -20,6 +20,10 @@ pytest_plugins = ["pytester", "tests.ci_policy"]  # ci_policy: under CI, a skip 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
+# Ray starts its workers at nice 15 (its worker_niceness), so beside this suite's other workers on
+# two cores they all but stop: Ray's tests, not its networking, are what this changes (README).
+os.environ.setdefault("RAY_worker_niceness", "0")
+
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """`-n auto` (pyproject's addopts): one worker more than the cores this process may use. Many

@@ -47,8 +47,9 @@ def sweep(workdir: Path, env: dict[str, str], *args: str) -> subprocess.Complete
 
 
 def test_a_sweep_on_ray_started_inside_the_process_stays_on_loopback(tmp_path, mnist_path):
-    """The README's first Ray command, as a user types it (no Ray settings in the environment): every
-    socket of the driver and of every process Ray starts, TCP and UDP, polled for the whole sweep.
+    """The README's first Ray command, as a user types it (no Ray address or port settings in the
+    environment, conftest's worker niceness only): every socket of the driver and of every process
+    Ray starts, TCP and UDP, polled for the whole sweep.
     First in the module: the Ray head below is started by the next test and stays up to the module's
     end, and two Rays on one machine of two cores slow each other down several times."""
     home = tmp_path / "home"  # Ray writes ~/.ray/auth_token when it has to make its own token
