@@ -3,14 +3,18 @@ anything mnistexp writes. In-process: a SQLite store stands in for the server, b
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import logging
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException, RestException
 
 from mnistexp.config.schema import compose
@@ -18,7 +22,7 @@ from mnistexp.config.validation import validate
 from mnistexp.errors import TrackingError
 from mnistexp.tracking import masking, outages, spool, store, sync
 from mnistexp.tracking.outages import Rider, TrackingOutageError, unreachable
-from mnistexp.tracking.recording import Recording, Sink
+from mnistexp.tracking.recording import Recording, Sink, start_run
 
 REFUSED = requests.exceptions.ConnectionError("[Errno 111] Connection refused")
 
@@ -102,11 +106,68 @@ def test_an_answer_that_refuses_is_not_an_outage():
             ),
             False,
         ),
+        (  # CI's words when a restarted server cut a log-batch answer off after its headers
+            MlflowException(
+                "API request to http://127.0.0.1:39767/api/2.0/mlflow/runs/log-batch failed with exception "
+                "('Connection broken: IncompleteRead(0 bytes read, 2 more expected)', "
+                "IncompleteRead(0 bytes read, 2 more expected))"
+            ),
+            True,
+        ),
         (ValueError("a bug"), False),
     ],
 )
 def test_what_counts_as_a_server_that_does_not_answer(error, down):
     assert unreachable(error) is down
+
+
+@contextlib.contextmanager
+def cutting_off(first: int):
+    """An HTTP server on 127.0.0.1 whose first `first` answers stop after the headers and a chunk, as a
+    server killed mid-reply does; later ones answer `{}`. Yields its URL and the paths it was sent."""
+    posted: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posted.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if len(posted) <= first:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"2\r\n{}")  # no CRLF after the chunk, no last chunk: cut off
+                self.close_connection = True
+                return
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", posted
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_answer_cut_off_mid_reply_is_waited_out_like_an_outage(caplog):
+    with cutting_off(first=2) as (url, posted):
+        clock = Clock()
+        rider = Rider(url, grace=60, clock=lambda: clock.now, sleep=clock.sleep)
+        client = MlflowClient(url)
+        with caplog.at_level(logging.WARNING, logger="mnistexp"):
+            rider.call(lambda: client.log_batch("a" * 32, metrics=[Metric("loss", 0.5, 1, 0)]))
+    assert posted == ["/api/2.0/mlflow/runs/log-batch"] * 3 and clock.waits == [0.5, 1.0]
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2 and "does not answer" in lines[0] and "answers again" in lines[1]
 
 
 def http_error(status: int) -> requests.exceptions.HTTPError:
@@ -136,6 +197,42 @@ class Switch:
             return attribute(*args, **kwargs)
 
         return call if callable(attribute) else attribute
+
+
+CUT_OFF = MlflowException(
+    "API request to http://127.0.0.1:5/api/2.0/mlflow/runs/create failed with exception "
+    "('Connection broken: IncompleteRead(0 bytes read, 2 more expected)', "
+    "IncompleteRead(0 bytes read, 2 more expected))"
+)
+
+
+class LostAnswer:
+    """An MlflowClient on a real store whose first create_run is done there but its answer never arrives."""
+
+    def __init__(self, uri: str) -> None:
+        self.client, self.lost = MlflowClient(uri), 0
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self.client, name)
+        if name != "create_run" or self.lost:
+            return attribute
+
+        def create_run(*args, **kwargs):
+            attribute(*args, **kwargs)
+            self.lost += 1
+            raise CUT_OFF
+
+        return create_run
+
+
+def test_a_parent_run_whose_answer_is_lost_is_made_once(stores):
+    client = LostAnswer(stores["server"])
+    clock = Clock()
+    rider = Rider(stores["server"], grace=60, clock=lambda: clock.now, sleep=clock.sleep)
+    run_id = start_run(Sink(stores["server"], client), rider, "mnistexp", "the sweep", {"mnistexp.sweep": "parent"})
+    assert client.lost == 1 and clock.waits == [0.5]  # the answer was lost once, and the call tried again
+    [run] = MlflowClient(stores["server"]).search_runs([client.get_experiment_by_name("mnistexp").experiment_id])
+    assert run.info.run_id == run_id and run.info.status == "RUNNING" and run.info.run_name == "the sweep"
 
 
 @pytest.fixture

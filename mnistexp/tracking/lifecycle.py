@@ -17,7 +17,7 @@ from mnistexp.errors import TrackingError
 from mnistexp.tracking import names, spool, store
 from mnistexp.tracking.masking import mask
 from mnistexp.tracking.names import CONFIG_GROUP_TAG
-from mnistexp.tracking.recording import Recording
+from mnistexp.tracking.recording import Recording, start_run
 
 if TYPE_CHECKING:
     from mnistexp.config.schema import TrackingConfig
@@ -178,14 +178,9 @@ def start_parent_run(tracking_cfg: TrackingConfig, name: str, tags: Mapping[str,
     sink = store.open_sink(tracking_cfg)
     tags = {key: mask(value) for key, value in {**tags, **environment_tags()}.items()}
     try:
-        run = store.rider_for(tracking_cfg).call(
-            lambda: sink.client.create_run(
-                sink.experiment(tracking_cfg.experiment, names.EXPERIMENT_KIND), run_name=name, tags=tags
-            )
-        )
+        return start_run(sink, store.rider_for(tracking_cfg), tracking_cfg.experiment, name, tags)
     except Exception as error:
         raise TrackingError(f"cannot start a run in {mask(sink.uri)}: {store.one_line(error)}") from error
-    return run.info.run_id
 
 
 def reopen_parent_run(tracking_cfg: TrackingConfig, run_id: str) -> bool:

@@ -22,14 +22,15 @@ class TrackingOutageError(Exception):
 
 
 def unreachable(error: BaseException | None) -> bool:
-    """Whether an error means the server did not answer (refused, timed out, 502-504 behind a proxy),
-    as opposed to an answer that refused the request (a 4xx, a bad value)."""
+    """Whether an error means the server did not answer (refused, timed out, cut off mid-answer,
+    502-504 behind a proxy), as opposed to an answer that refused the request (a 4xx, a bad value)."""
     import requests
 
+    lost = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError)
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        if isinstance(error, lost):
             return True
         if isinstance(error, requests.exceptions.RetryError):  # 5xx or 429 until MLflow's own retries ran out
             return True
@@ -40,6 +41,8 @@ def unreachable(error: BaseException | None) -> bool:
             return True  # MLflow's REST client keeps only the text of the requests error
         if "failed with timeout exception" in message:
             return True
+        if "failed with exception" in message and "Connection broken:" in message:
+            return True  # urllib3's words for an answer cut off after its headers: a server that died mid-reply
         error = error.__cause__ or error.__context__
     return False
 

@@ -101,6 +101,17 @@ class _Start(_Op):
         sink.run_id = run.info.run_id
 
 
+def start_run(sink: Sink, rider: Rider, experiment: str, run_name: str | None, tags: Mapping[str, str]) -> str:
+    """A run left RUNNING in the store (a sweep's parent), made once even when an answer is lost and
+    the rider tries again: the retry finds it by its key tag. Returns its id."""
+    op = _Start(
+        experiment, dict(names.EXPERIMENT_KIND), run_name, {**tags, names.RUN_KEY_TAG: uuid.uuid4().hex}, now_ms()
+    )
+    rider.call(lambda: op.apply(sink))
+    assert sink.run_id is not None
+    return sink.run_id
+
+
 @dataclass
 class _Batch(_Op):
     params: dict[str, str] = field(default_factory=dict)
