@@ -86,8 +86,11 @@ def test_a_server_restart_in_the_middle_of_a_job_is_ridden_out(server, tmp_path,
     time.sleep(10)
     server.start()
     output = process.communicate(timeout=900)[0]
-    assert process.returncode == 0, output[-4000:]
-    assert output.count("does not answer: waiting up to") == 1 and output.count("answers again after") == 1
+    assert process.returncode == 0, output[-4000:] + server.log_tail()
+    # One line as the wait starts and one as it ends, per outage. A restarted server has once (in CI)
+    # cut its first log-batch answer short: a second, brief outage, ridden out with its own pair.
+    waits = output.count("does not answer: waiting up to")
+    assert 1 <= waits <= 2 and output.count("answers again after") == waits, output[-4000:]
     assert "Traceback" not in output and "View run" not in output and "View experiment" not in output
     assert_complete(server.url, jobs=3)
     assert not (tmp_path / "mnistexp-spool").exists()

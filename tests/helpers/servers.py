@@ -113,6 +113,11 @@ class Server:
             self.process.wait(timeout=60)
         self.process = None
 
+    def log_tail(self) -> str:
+        """The end of the server's own log, for a failed test's message."""
+        log = self.workdir / "server.log"
+        return "\n--- server.log ---\n" + log.read_text()[-3000:] if log.exists() else ""
+
     def child_training(self, index: int) -> bool:
         """Whether the index-th child run is RUNNING with an epoch logged (read from the server's own file)."""
         try:
