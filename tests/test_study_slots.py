@@ -4,15 +4,19 @@ file (and on PostgreSQL where CI provides one); each race is one interleaving ma
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
+from mlflow import MlflowClient
 from optuna.storages._rdb import models
 
-from mnistexp.multirun.search import SURPLUS_ATTR, Heartbeats, ask, make_storage, trials_to_run
+from mnistexp.multirun.search import SURPLUS_ATTR, Heartbeats, ask, log_study, make_storage, trials_to_run
 
 
 @pytest.fixture
@@ -31,10 +35,9 @@ def test_a_process_alone_gets_the_last_slot(study_with_one_slot_left):
     assert not storage.get_trial(batch[0]._trial_id).user_attrs
 
 
-def test_the_loser_of_a_race_for_the_last_slot_runs_nothing(study_with_one_slot_left, monkeypatch):
-    """Both processes saw the slot free; the other asked first. This one's trial is told FAIL and
-    marked surplus, so the study still counts two trials and one of them still to run."""
-    storage, study = study_with_one_slot_left
+def lose_the_race(storage, study, monkeypatch) -> tuple[optuna.Study, Heartbeats, list]:
+    """Both processes saw the last slot free; the other asks first. Returns the other's study, this
+    process's heartbeats and what this process's ask gave."""
     other = optuna.load_study(study_name="slots", storage=storage)
     own_ask = study.ask
 
@@ -44,7 +47,15 @@ def test_the_loser_of_a_race_for_the_last_slot_runs_nothing(study_with_one_slot_
 
     monkeypatch.setattr(study, "ask", ask_just_after_the_other)
     beating = Heartbeats(storage, 10)
-    assert ask(study, beating, n_jobs=1, study_size=2) == []
+    return other, beating, ask(study, beating, n_jobs=1, study_size=2)
+
+
+def test_the_loser_of_a_race_for_the_last_slot_runs_nothing(study_with_one_slot_left, monkeypatch):
+    """Both processes saw the slot free; the other asked first. This one's trial is told FAIL and
+    marked surplus, so the study still counts two trials and one of them still to run."""
+    storage, study = study_with_one_slot_left
+    _, beating, asked = lose_the_race(storage, study, monkeypatch)
+    assert asked == []
     trials = storage.get_all_trials(study._study_id)
     assert [(trial.number, trial.state.name, trial.user_attrs) for trial in trials] == [
         (0, "COMPLETE", {}),
@@ -53,6 +64,23 @@ def test_the_loser_of_a_race_for_the_last_slot_runs_nothing(study_with_one_slot_
     ]
     assert beating.ids() == []  # nothing of this process's left beating
     assert trials_to_run(study, 2) == 1  # the other's running trial holds the slot; surplus is not counted
+
+
+def test_a_surplus_trial_is_left_out_of_the_studys_table_on_its_parent(study_with_one_slot_left, monkeypatch, tmp_path):
+    """It never ran and is never counted: search/trials.csv and the report line show the two trials
+    of a two-trial study (a CI run once found three rows there)."""
+    storage, study = study_with_one_slot_left
+    other, _, _ = lose_the_race(storage, study, monkeypatch)
+    other.tell(1, 0.7)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.create_run(client.create_experiment("slots")).info.run_id
+    line = log_study(client, parent, study)
+    table = Path(client.download_artifacts(parent, "search/trials.csv", str(tmp_path / "dl"))).read_text()
+    assert [(row["trial"], row["state"]) for row in csv.DictReader(io.StringIO(table))] == [
+        ("0", "COMPLETE"),
+        ("1", "COMPLETE"),
+    ]
+    assert "study slots: 2 trials (2 complete)" in line
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

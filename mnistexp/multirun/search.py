@@ -385,15 +385,17 @@ def study_of(config: DictConfig) -> tuple[Any, bool]:
 
 
 def log_study(client, parent_run_id: str, study) -> str:
-    """The study on its parent run: every trial in search/trials.csv (with its MLflow run), Optuna's
-    optimization history, parameter importances and parallel coordinates as PNG, the best trial's
-    values as `best.*` tags and search/best_trial.yaml. Returns a line for the sweep's report."""
+    """The study on its parent run: every trial in search/trials.csv (with its MLflow run; a surplus
+    trial, which never ran, is left out), Optuna's optimization history, parameter importances and
+    parallel coordinates as PNG, the best trial's values as `best.*` tags and search/best_trial.yaml.
+    Returns a line for the sweep's report."""
     parent = client.get_run(parent_run_id)
     from mnistexp.tracking import lifecycle
 
     children = lifecycle.children_of(client, parent)
-    runs = match_trials_to_runs(study.trials, children)
-    client.log_text(parent_run_id, _trials_csv(study.trials, runs), "search/trials.csv")
+    trials = [trial for trial in study.trials if not trial.user_attrs.get(SURPLUS_ATTR)]
+    runs = match_trials_to_runs(trials, children)
+    client.log_text(parent_run_id, _trials_csv(trials, runs), "search/trials.csv")
     for name, figure in _study_figures(study):
         client.log_figure(parent_run_id, figure, f"search/{name}.png")
         import matplotlib.pyplot as plt
@@ -414,7 +416,7 @@ def log_study(client, parent_run_id: str, study) -> str:
     )
     counts = Counter(trial.state.name.lower() for trial in logical_trials(study.trials))
     return (
-        f"study {study.study_name}: {len(study.trials)} trials "
+        f"study {study.study_name}: {len(trials)} trials "
         f"({', '.join(f'{n} {state}' for state, n in sorted(counts.items()))}), best is trial {best.number} "
         f"(run {runs.get(best.number, '?')}) with {best.value:.4f}: "
         + " ".join(f"{key}={value}" for key, value in best.params.items())
