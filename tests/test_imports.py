@@ -68,11 +68,11 @@ def test_a_failed_import_still_turns_the_collector_back_on(tmp_path, monkeypatch
 
 
 @pytest.mark.slow  # a fresh interpreter that loads MLflow and TensorFlow
-def test_the_job_path_loads_mlflow_and_tensorflow_for_good_without_sklearn_or_jax(tmp_path):
+def test_the_job_path_loads_its_libraries_for_good_without_sklearn_jax_or_scipy_stats(tmp_path):
     """The store check (the first thing a job or a sweep asks of MLflow) and the TensorFlow import
     each leave their modules frozen, and the collector running. TensorFlow loads without the
     scikit-learn (MLflow brings it) and the JAX (the bench extra) it would import for parts mnistexp
-    never uses; both import as usual afterwards."""
+    never uses, and seaborn after it without scipy.stats; all import as usual afterwards."""
     script = f"""
 import gc
 from mnistexp import imports
@@ -88,7 +88,9 @@ imports.tensorflow(verbose=False)
 counts.append(gc.get_freeze_count())
 import importlib.util, sys
 skipped = [name for name in ("sklearn", "jax") if importlib.util.find_spec(name) and name not in sys.modules]
-import sklearn, jax
+imports.seaborn()
+skipped += [name for name in ("scipy.stats",) if name not in sys.modules]
+import sklearn, jax, scipy.stats
 print(*counts, gc.isenabled(), ",".join(skipped))
 """
     done = commands.run(sys.executable, "-c", script, timeout=300)
@@ -96,4 +98,4 @@ print(*counts, gc.isenabled(), ",".join(skipped))
     before, after_mlflow, after_tensorflow, enabled, skipped = done.stdout.split()
     assert int(before) < int(after_mlflow) < int(after_tensorflow)
     assert enabled == "True"
-    assert skipped == "sklearn,jax"  # installed, and left out while TensorFlow loaded (CI has the bench extra)
+    assert skipped == "sklearn,jax,scipy.stats"  # installed, and left out while they loaded (CI has the bench extra)
