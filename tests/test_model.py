@@ -164,6 +164,33 @@ def test_the_compiled_engine_makes_the_same_updates_as_keras_fit(compose_cfg, tr
         np.testing.assert_allclose(mine, keras_own, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("later_slices", [1, 3])
+def test_the_epoch_loss_is_the_same_however_the_epoch_is_sliced(compose_cfg, monkeypatch, later_slices):
+    """The engine cuts an epoch into slices by time (to answer Ctrl-C), so how many steps a slice
+    holds depends on the machine's load. The logged loss must not: a fused job once logged an epoch
+    loss 2**-24 away from its solo run in CI, with the same weights."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (1300, 28, 28)).astype(np.uint8)
+    labels = rng.integers(0, 10, 1300).astype(np.uint8)
+    data = Dataset(images[:1200], labels[:1200], images[1200:], labels[1200:], "toy")
+    cfg, _ = build(compose_cfg, "model.hidden_units=16", "trainer.epochs=3", "trainer.verbose=0")
+
+    def trained(steps_per_slice: int) -> tuple[dict, list]:
+        monkeypatch.setattr(
+            train.CompiledEngine,
+            "_resize_slices",
+            lambda self, steps, seconds: setattr(self, "steps_per_slice", steps_per_slice),
+        )
+        keras.utils.set_random_seed(cfg.seed)
+        model = model_lib.build(cfg.model, cfg.preprocess, cfg.data)
+        train.compile_model(model, cfg.optimizer, cfg.trainer)
+        return train.fit(model, data, cfg.trainer, [], cfg.seed).history, model.get_weights()
+
+    (sliced, sliced_weights), (whole, whole_weights) = trained(later_slices), trained(10_000)
+    assert all(np.array_equal(a, b) for a, b in zip(sliced_weights, whole_weights, strict=True))  # the same steps
+    assert [value.hex() for value in sliced["loss"]] == [value.hex() for value in whole["loss"]]
+
+
 def test_every_epoch_visits_every_example_in_a_new_order_from_the_seed():
     def first(count: int, seed: int, shuffle: bool = True) -> list[np.ndarray]:
         orders = train.epoch_orders(100, seed, shuffle)

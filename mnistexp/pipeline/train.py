@@ -252,8 +252,11 @@ class CompiledEngine:
             interrupts.check()
             seen = min(done * batch, self.size)
             for k in live:
-                loss_sum, correct = sums[k][0] + float(slice_losses[k]), sums[k][1] + int(slice_hits[k])
-                sums[k] = (loss_sum, correct)
+                loss_sum = sums[k][0]
+                for step_loss in slice_losses[k]:  # one step at a time: the same sum however the epoch is sliced
+                    loss_sum += float(step_loss)
+                sums[k] = (loss_sum, sums[k][1] + int(slice_hits[k]))
+                correct = sums[k][1]
                 logs[k] = {"loss": loss_sum / seen, "accuracy": correct / seen}
                 self.callback_lists[k].on_train_batch_end(done - 1, logs[k])
             if self.progress:
@@ -275,8 +278,8 @@ class CompiledEngine:
     def _epoch_in_slices(
         self, orders: dict[int, np.ndarray], live: list[int], batch: int
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Runs the epoch's steps a slice at a time; yields (steps done, slice loss sums, slice hits),
-        one of each per job."""
+        """Runs the epoch's steps a slice at a time; yields (steps done, each step's loss in the slice,
+        slice hits), one row of losses and one count of hits per job."""
         indices = np.zeros((len(self.learners), self.size), np.int32)  # a stopped job's rows go unread
         for k, order in orders.items():
             rows = self.rows[k]
@@ -300,7 +303,7 @@ class CompiledEngine:
 
     def _run(self, block: tf.Tensor, start: tf.Tensor, stop: tf.Tensor, active: tf.Tensor) -> tuple[np.ndarray, ...]:
         losses, hits = self.train_steps(self.images, self.labels, block, start, stop, active)
-        return losses.numpy(), hits.numpy()
+        return losses.numpy()[:, int(start) : int(stop)], hits.numpy()
 
     def _active(self, live: Sequence[int] | None = None) -> tf.Tensor:
         chosen = set(range(len(self.learners)) if live is None else live)
@@ -347,8 +350,11 @@ def epoch_orders(size: int, seed: int, shuffle: bool) -> Iterator[np.ndarray]:
 def compiled_train_steps(models: Sequence[keras.Model], jit_compile: bool) -> Callable:
     """One program for these models: a function of the training images and labels, a [jobs, steps,
     batch] block of example rows, a step range and which jobs are active, that runs those optimizer
-    steps of each active job and returns each job's sample-weighted loss sum and correct predictions.
-    Alone, a job's steps run unconditionally (it is active for as long as it trains)."""
+    steps of each active job and returns each job's sample-weighted loss at each step of the block
+    (zero outside the range) and its correct predictions. Each step's loss, not a float32 sum: the
+    caller sums them in float64 in step order, so a job's epoch loss does not depend on how the
+    epoch was cut into timed slices (alone or fused, loaded machine or not). Alone, a job's steps run
+    unconditionally (it is active for as long as it trains)."""
     for model in models:
         model.optimizer.build(model.trainable_variables)
 
@@ -362,8 +368,8 @@ def compiled_train_steps(models: Sequence[keras.Model], jit_compile: bool) -> Ca
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True, autograph=False)
     def train_steps(images, labels, blocks, start, stop, active) -> tuple[tf.Tensor, tf.Tensor]:
-        def step(i, loss_sums, corrects):
-            new_sums, new_corrects = [], []
+        def step(i, step_losses, corrects):
+            new_losses, new_corrects = [], []
             for k, model in enumerate(models):
                 indices = blocks[k, i]
                 x, y = tf.gather(images, indices), tf.gather(labels, indices)
@@ -375,13 +381,14 @@ def compiled_train_steps(models: Sequence[keras.Model], jit_compile: bool) -> Ca
                         lambda model=model, x=x, y=y: job_steps(model, x, y),
                         lambda: (tf.constant(0.0), tf.constant(0)),
                     )
-                new_sums.append(loss_sums[k] + loss)
+                new_losses.append(tf.tensor_scatter_nd_update(step_losses[k], tf.reshape(i, [1, 1]), [loss]))
                 new_corrects.append(corrects[k] + hits)
-            return i + 1, new_sums, new_corrects
+            return i + 1, new_losses, new_corrects
 
-        zeros = ([tf.constant(0.0)] * len(models), [tf.constant(0)] * len(models))
-        _, loss_sums, corrects = tf.while_loop(lambda i, *_: i < stop, step, (start, *zeros))
-        return tf.stack(loss_sums), tf.stack(corrects)
+        steps = tf.shape(blocks)[1]
+        zeros = ([tf.zeros([steps])] * len(models), [tf.constant(0)] * len(models))
+        _, step_losses, corrects = tf.while_loop(lambda i, *_: i < stop, step, (start, *zeros))
+        return tf.stack(step_losses), tf.stack(corrects)
 
     return train_steps
 
