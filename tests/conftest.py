@@ -14,7 +14,11 @@ from mnistexp.config.schema import compose
 from .helpers import MNISTEXP, REPO_ROOT, absl_to_the_real_stderr, clean_env, commands
 
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
-pytest_plugins = ["pytester", "tests.ci_policy"]  # ci_policy: under CI, a skip that names no environment fails
+pytest_plugins = [
+    "pytester",
+    "tests.ci_policy",  # under CI, a skip that names no environment fails
+    "tests.longest_first",  # xdist's work units longest first, by tests/durations.json
+]
 
 # Under CI the property tests draw the same examples every run: a red CI is then reproducible.
 settings.register_profile("ci", derandomize=True, print_blob=True)
