@@ -244,7 +244,6 @@ def _mnistexp_fit(hidden: int, settings: dict) -> dict:
     from mnistexp.imports import tensorflow as import_tensorflow
     from mnistexp.pipeline import train_and_evaluate
 
-    import_tensorflow(verbose=False)
     overrides = [
         f"model.hidden_units={hidden}",
         f"trainer.epochs={settings['epochs']}",
@@ -255,7 +254,8 @@ def _mnistexp_fit(hidden: int, settings: dict) -> dict:
     results = {}
     for validation in (0, 0.1 if settings["quick"] else 10000):
         cfg = validate(compose([*overrides, f"data.validation_size={validation}"]))
-        data, _ = job.read_data(cfg, verbose=False)
+        data, _ = job.read_data(cfg, verbose=False)  # first: a bad data file fails before TensorFlow loads
+        import_tensorflow(verbose=False)
         trained = train_and_evaluate(cfg, data)
         results[bool(validation)] = (trained.fitted, trained.evaluation, len(data.y_train), trained.runtime)
     (fitted, tested, samples, runtime), (with_validation, _, _, _) = results[False], results[True]
