@@ -138,25 +138,40 @@ def test_a_failed_job_does_not_stop_a_sweep(run_cli, tmp_path):
 
 
 def first_use(uris: list[str], barrier, results) -> None:
-    """One process's first use of each store in turn, released with the others at the same instant."""
+    """One process's first use of each store in turn, released with the others at the same instant:
+    the experiment looked up or made, then a run logging the dataset every job of a sweep shares."""
+    from mlflow.data.numpy_dataset import from_numpy
+    from mlflow.entities import DatasetInput
+
     from mnistexp.config.schema import compose
-    from mnistexp.tracking import store
+    from mnistexp.tracking import lifecycle, store
 
     configs = [validate(compose([f"tracking.uri={uri}"])).tracking for uri in uris]
+    shared = DatasetInput(from_numpy(np.zeros((4, 2)), name="train", digest="0123abcd")._to_mlflow_entity())
     import mlflow  # loaded before the barrier, so the processes meet at the store, not in imports
 
-    for uri, tracking_cfg in zip(uris, configs, strict=True):
-        mlflow.set_tracking_uri(uri)
-        barrier.wait(timeout=120)
-        try:
+    try:
+        for uri, tracking_cfg in zip(uris, configs, strict=True):
+            mlflow.set_tracking_uri(uri)
+            barrier.wait(timeout=120)
             results.put((uri, store.experiment_of(tracking_cfg)))
-        except Exception as error:
-            results.put((uri, f"{error.__class__.__name__}: {error}"))
+            run = lifecycle.open_run(tracking_cfg, None, {})
+            barrier.wait(timeout=120)
+            run.inputs([shared])
+            run.end("FINISHED")
+            results.put((uri, "logged"))
+    except Exception as error:
+        results.put((uri, f"{error.__class__.__name__}: {error}"))
+        barrier.abort()  # the others stop at their next meeting instead of waiting it out
+    finally:
+        results.put((None, "done"))
 
 
-def test_processes_opening_a_new_store_at_the_same_instant_all_succeed(tmp_path):
-    """Six processes meet at each of three new stores: without the lock they race on creating the
-    tables (alembic's "Online migration expected to match one row") or the experiment."""
+def test_processes_using_a_new_store_at_the_same_instant_all_succeed(tmp_path):
+    """Six processes meet at each of three new stores, as the jobs of a sweep do. Without the lock
+    they race on creating the tables (alembic's "Online migration expected to match one row") or the
+    experiment, and then on inserting the dataset row their runs share (UNIQUE constraint failed:
+    datasets.experiment_id, datasets.name, datasets.digest)."""
     context = multiprocessing.get_context("spawn")
     uris = [f"sqlite:///{tmp_path / f'mlflow-{round_}.db'}" for round_ in range(3)]
     processes = 6
@@ -164,16 +179,24 @@ def test_processes_opening_a_new_store_at_the_same_instant_all_succeed(tmp_path)
     workers = [context.Process(target=first_use, args=(uris, barrier, results)) for _ in range(processes)]
     for worker in workers:
         worker.start()
-    answers = [results.get(timeout=300) for _ in range(processes * len(uris))]
+    answers, done = [], 0
+    while done < processes:
+        answer = results.get(timeout=300)
+        done += answer[1] == "done"
+        answers.append(answer)
     for worker in workers:
         worker.join(timeout=60)
     for uri in uris:
-        ids = {answer for store, answer in answers if store == uri}
+        ids = {answer for store, answer in answers if store == uri and answer != "logged"}
         assert len(ids) == 1 and next(iter(ids)).isdigit(), ids  # one experiment, the same id for all
-        assert sorted(experiment.name for experiment in MlflowClient(uri).search_experiments()) == [
-            "Default",
-            "mnistexp",
-        ]
+        assert [answer for store, answer in answers if store == uri].count("logged") == processes, answers
+        client = MlflowClient(uri)
+        assert sorted(experiment.name for experiment in client.search_experiments()) == ["Default", "mnistexp"]
+        runs = client.search_runs([next(iter(ids))])
+        assert len(runs) == processes and {run.info.status for run in runs} == {"FINISHED"}
+        assert {tuple((d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs) for run in runs} == {
+            (("train", "0123abcd"),)
+        }
 
 
 def test_the_runs_command_names_an_unreachable_store(tmp_path):
