@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnistexp.config.schema import compose
 
-from .helpers import MNISTEXP, REPO_ROOT, absl_to_the_real_stderr, clean_env, commands
+from .helpers import MNISTEXP, REPO_ROOT, absl_to_the_real_stderr, clean_env, commands, stores
 
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
 pytest_plugins = [
@@ -91,7 +91,21 @@ def mnist_path() -> Path:
 @pytest.fixture
 def store(tmp_path: Path) -> str:
     """A fresh SQLite MLflow store in the test's own directory."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return f"sqlite:///{tmp_path / stores.STORE_FILE}"
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow store, its tables made once for this worker (helpers/stores.py)."""
+    return stores.make_template(tmp_path_factory.mktemp("store-template"))
+
+
+@pytest.fixture(autouse=True)
+def _empty_store_in_tmp_path(request: pytest.FixtureRequest) -> None:
+    """A test with a tmp_path finds an empty ./mlflow.db there, copied from the template, and skips
+    MLflow's migrations; one marked `new_store` leaves the store to the code under test."""
+    if "tmp_path" in request.fixturenames and not request.node.get_closest_marker("new_store"):
+        stores.seed(request.getfixturevalue("store_template"), request.getfixturevalue("tmp_path"))
 
 
 @pytest.fixture

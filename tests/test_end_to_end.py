@@ -150,6 +150,7 @@ def test_logged_model_reloads_and_predicts_raw_images_at_the_logged_accuracy(def
     assert (scores.argmax(axis=1) == labels).mean() == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.new_store  # asserts that ./mlflow.db is never made
 def test_mlflow_tracking_uri_is_honoured(run_cli, tmp_path):
     store = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     run_cli(

@@ -19,7 +19,7 @@ from mnistexp.config.selection import EPOCH_METRICS, MODES, RUN_METRICS
 from mnistexp.config.validation import ConfigError, validate
 from mnistexp.tracking.records import flatten
 
-from .helpers import MNISTEXP, clean_env, commands
+from .helpers import MNISTEXP, clean_env, commands, stores
 
 
 def is_int(value: Any) -> bool:
@@ -177,9 +177,12 @@ def as_override(key: str, value: Any) -> str:
 @pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(CLI_KEYS), value=VALUES)
-def test_the_cli_never_shows_a_traceback_or_leaves_a_run_running(tmp_path_factory, mnist_path, key, value):
+def test_the_cli_never_shows_a_traceback_or_leaves_a_run_running(
+    tmp_path_factory, store_template, mnist_path, key, value
+):
     override = as_override(key, value)
     workdir = tmp_path_factory.mktemp("property")
+    stores.seed(store_template, workdir)
     tiny = [
         "trainer.limit_train_samples=300",
         "trainer.limit_test_samples=100",

@@ -89,6 +89,7 @@ def register_best(uri: str, workdir: Path, parent_run_id: str, version: int) -> 
     assert champion.tags["mnistexp.config_sha256"] == best.data.tags["mnistexp.config_sha256"]
 
 
+@pytest.mark.new_store  # asserts that ./mlflow.db is never made
 def test_a_sweep_against_a_tracking_server_with_sqlite(tmp_path, mnist_path):
     artifacts = tmp_path / "server-artifacts"
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path, artifacts) as url:

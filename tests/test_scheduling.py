@@ -1,12 +1,15 @@
-"""The suite's own scheduling: tests that share a module's sweep, server or study stay on one worker."""
+"""The suite's own machinery: tests that share a module's sweep, server or study stay on one worker,
+the units go out longest first, and each test's empty store is the one MLflow would make."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
+from pathlib import Path
 
 import pytest
 
-from .helpers import REPO_ROOT
+from .helpers import REPO_ROOT, stores
 from .longest_first import group_of
 
 pytestmark = pytest.mark.xdist_group("scheduling")
@@ -128,3 +131,38 @@ def test_alone(): pass
     seconds = json.loads((pytester.path / "out" / "seconds.json").read_text())
     assert set(seconds) == {"test_s.py::test_grouped@g", "test_s.py::test_alone"}
     assert seconds["test_s.py::test_grouped@g"] >= 0.6 > seconds["test_s.py::test_alone"]
+
+
+def _contents(store: Path) -> dict[str, list]:
+    """Every table's definition and rows, times of day left out and the folder's path made ".". A
+    definition's clauses are sorted: two new stores list a table's constraints in either order."""
+    contents: dict[str, list] = {}
+    with sqlite3.connect(store) as connection:
+        for name, sql in connection.execute("SELECT name, sql FROM sqlite_master ORDER BY name"):
+            contents[f"schema {name}"] = sorted(line.strip(" \t,") for line in (sql or "").splitlines())
+            if (sql or "").startswith("CREATE TABLE"):
+                rows = connection.execute(f'SELECT * FROM "{name}"').fetchall()
+                contents[name] = [[v for v in row if not (isinstance(v, int) and v > 10**12)] for row in rows]
+    return {key: [str(v).replace(str(store.parent), ".") for v in value] for key, value in contents.items()}
+
+
+def test_a_tests_copied_store_is_the_one_mlflow_makes_in_that_folder(tmp_path, store_template, monkeypatch):
+    """conftest gives each test an empty ./mlflow.db copied from one made once per worker: the same
+    tables, migrations and rows as MLflow makes in that folder, the Default experiment's artifacts
+    under it rather than under the template's folder."""
+    from mlflow import MlflowClient
+
+    assert (tmp_path / stores.STORE_FILE).is_file()  # this test's own, from the autouse fixture
+    made, copied = tmp_path / "made", tmp_path / "copied"
+    made.mkdir(), copied.mkdir()
+    monkeypatch.chdir(made)  # MLflow resolves the Default experiment's ./mlruns where it runs
+    MlflowClient(f"sqlite:///{made / stores.STORE_FILE}").search_experiments()
+    stores.seed(store_template, copied)
+    expected = _contents(made / stores.STORE_FILE)
+    assert len(expected) > 100 and "./mlruns/0" in str(expected["experiments"])
+    assert _contents(copied / stores.STORE_FILE) == expected
+
+
+@pytest.mark.new_store
+def test_a_test_marked_new_store_finds_no_store(tmp_path):
+    assert not (tmp_path / stores.STORE_FILE).exists()

@@ -1,7 +1,8 @@
 """Helpers shared by the tests: paths, the tiny-run overrides, a clean environment, store queries.
 
 The package's modules: commands (running mnistexp and mnistexp-runs as a user does), servers
-(mlflow server and other listeners on loopback), sockets (watching them), data (arrays and files).
+(mlflow server and other listeners on loopback), sockets (watching them), data (arrays and files),
+stores (the empty MLflow store each test is given).
 """
 
 from __future__ import annotations
