@@ -197,7 +197,7 @@ def test_pin_writes_an_experiment_that_the_working_directory_finds_first(grid, t
     assert config_digest(validate(cfg)) == config_digest(validate(OmegaConf.merge(cfg, OmegaConf.load(logged))))
     assert cfg.tracking.run_name == "seed_hidden_100"
     assert cfg.model.hidden_units == int(original.data.params["model.hidden_units"])
-    again = commands.run(*pin, env=grid["env"], cwd=tmp_path)
+    again = commands.run_here(*pin, env=grid["env"], cwd=tmp_path)
     assert again.returncode == 2 and "exists" in again.stderr
 
 
