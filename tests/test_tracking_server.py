@@ -105,8 +105,10 @@ def parent_made(server: Server) -> bool:
 
 
 def test_past_the_grace_runs_wait_in_the_spool_and_sync_delivers_them_once(server, tmp_path, mnist_path):
-    """The server goes away once the sweep's parent exists and stays away past the grace: every job
-    and the parent's summary wait in the spool, and sync delivers them once the server is back."""
+    """The server goes away once the sweep has its parent run and stays away past the grace: every job
+    and the parent's summary wait in the spool, and sync delivers them once the server is back. (Seen
+    in CI: stopped as soon as the parent's row was in the server's store, the answer to its creation
+    could be lost and the sweep exited 2: a parent cannot wait in the spool.)"""
     process = subprocess.Popen(
         [
             MNISTEXP,
@@ -120,9 +122,17 @@ def test_past_the_grace_runs_wait_in_the_spool_and_sync_delivers_them_once(serve
         stderr=subprocess.STDOUT,
         text=True,
     )
-    wait_until(lambda: parent_made(server), process)
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:  # the sweep has its parent's id: the row alone may still await its answer
+        seen.append(line)
+        if "parent run " in line:
+            break
+    else:
+        pytest.fail("the sweep ended without its parent run: " + "".join(seen)[-4000:])
+    assert parent_made(server)
     server.stop()  # and it stays away until the sweep has ended
-    output = process.communicate(timeout=900)[0]
+    output = "".join(seen) + process.communicate(timeout=900)[0]
     assert process.returncode == 0, output[-4000:]
     assert "Traceback" not in output and output.count("does not answer: waiting up to 3 s") == 1
     [closing] = [line for line in output.splitlines() if "runs are kept in the spool" in line]
