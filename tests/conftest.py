@@ -39,6 +39,16 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return cores + 1
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _working_directory_out_of_the_checkout(tmp_path_factory: pytest.TempPathFactory):
+    """Each worker works in a folder of its own: what runs in this process (the API, a module's
+    fixture) puts MLflow's ./mlruns and Hydra's outputs/ where it runs, which was the checkout (seen:
+    46 runs' artifacts under ./mlruns/1 after one CI run). A test may still chdir for itself."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _absl_writes_to_the_real_stderr():
     """Hydra's logging setup, run in this process (the Python API), would close the capture absl holds."""

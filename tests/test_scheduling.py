@@ -1,5 +1,6 @@
 """The suite's own machinery: tests that share a module's sweep, server or study stay on one worker,
-the units go out longest first, and each test's empty store is the one MLflow would make."""
+the units go out longest first, each test's empty store is the one MLflow would make, and the
+tests run outside the checkout."""
 
 from __future__ import annotations
 
@@ -166,3 +167,9 @@ def test_a_tests_copied_store_is_the_one_mlflow_makes_in_that_folder(tmp_path, s
 @pytest.mark.new_store
 def test_a_test_marked_new_store_finds_no_store(tmp_path):
     assert not (tmp_path / stores.STORE_FILE).exists()
+
+
+def test_a_test_works_outside_the_checkout():
+    """What a test runs in this process writes ./mlruns and outputs/ where it runs: not in the repository."""
+    cwd = Path.cwd().resolve()
+    assert REPO_ROOT.resolve() not in (cwd, *cwd.parents)
