@@ -155,7 +155,8 @@ def test_a_tests_copied_store_is_the_one_mlflow_makes_in_that_folder(tmp_path, s
 
     assert (tmp_path / stores.STORE_FILE).is_file()  # this test's own, from the autouse fixture
     made, copied = tmp_path / "made", tmp_path / "copied"
-    made.mkdir(), copied.mkdir()
+    made.mkdir()
+    copied.mkdir()
     monkeypatch.chdir(made)  # MLflow resolves the Default experiment's ./mlruns where it runs
     MlflowClient(f"sqlite:///{made / stores.STORE_FILE}").search_experiments()
     stores.seed(store_template, copied)

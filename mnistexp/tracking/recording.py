@@ -154,11 +154,11 @@ class _Inputs(_Op):
     datasets: list[Any]  # mlflow.entities.DatasetInput
 
     def apply(self, sink: Sink) -> None:
-        from mnistexp.tracking.store import first_use_lock  # store imports this module
+        from mnistexp.tracking.store import sqlite_lock  # store imports this module
 
         # Jobs of one sweep on one SQLite store both insert the shared dataset row: one at a time
         # (seen in CI: UNIQUE constraint failed: datasets.experiment_id, datasets.name, ...).
-        with first_use_lock(sink.uri):
+        with sqlite_lock(sink.uri):
             sink.client.log_inputs(sink.run_id, datasets=self.datasets)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mnistexp.tracking.masking import mask
 from mnistexp.tracking.recording import Sink
+from mnistexp.tracking.store import sqlite_lock
 
 _written: dict[Path, str] = {}  # spools this process wrote to -> the server they were meant for
 
@@ -21,12 +22,11 @@ def opener(folder: Path, server: str) -> Callable[[], Sink]:
     (once, under a lock, since a sweep's workers may all fall back at once) on first use."""
 
     def open_sink() -> Sink:
-        from filelock import FileLock
         from mlflow import MlflowClient
 
         folder.mkdir(parents=True, exist_ok=True)
         sink = Sink(spool_uri(folder), MlflowClient(spool_uri(folder)), artifact_root=folder.resolve() / "artifacts")
-        with FileLock(f"{folder / 'mlflow.db'}.lock", timeout=300):
+        with sqlite_lock(spool_uri(folder)):
             sink.client.search_experiments(max_results=1)  # creates the tables
         _written[folder.resolve()] = mask(server)
         return sink

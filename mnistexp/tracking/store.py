@@ -111,9 +111,10 @@ def _local_store_path(uri: str) -> Path | None:
     return None
 
 
-def first_use_lock(uri: str):
-    """Processes opening one new SQLite store at once race on creating its tables and experiments
-    (mlflow#4123): take turns. Other stores are left to their server."""
+def sqlite_lock(uri: str):
+    """Processes writing one SQLite store's shared rows at once race: its tables and experiments when
+    new (mlflow#4123), the dataset row a sweep's jobs share. They take turns; other stores are left
+    to their server."""
     local = _local_store_path(uri)
     if local is None or not uri.startswith("sqlite:"):
         return contextlib.nullcontext()
@@ -133,10 +134,10 @@ def open_sink(tracking_cfg: TrackingConfig, experiment: str | None = None) -> Si
 
     uri = use_store(tracking_cfg)
     name = experiment or tracking_cfg.experiment
-    with first_use_lock(uri):  # a client on a new SQLite store creates its tables at once
+    with sqlite_lock(uri):  # a client on a new SQLite store creates its tables at once
         sink = Sink(uri, MlflowClient(uri))
     try:
-        with first_use_lock(uri):
+        with sqlite_lock(uri):
             rider_for(tracking_cfg).call(lambda: sink.experiment(name, names.EXPERIMENT_KIND))
     except TrackingOutageError:
         pass  # the run's first write goes to the spool, which makes the experiment there
